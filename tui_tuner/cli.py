@@ -1,0 +1,123 @@
+"""Command line: run / resume / export / presets. Bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
+
+EXIT_BAD_INPUT = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="tui-tuner", description="Live control of Optuna sweeps of LLM fine-tunes.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="start a sweep from a preset (TUI, or --headless)")
+    run.add_argument("preset", help="path to a .toml preset or the name of one in presets/")
+    run.add_argument("--headless", action="store_true", help="plain text output instead of the TUI")
+    run.add_argument("--run-dir", help="where the study, events, metrics and checkpoints go (default runs/<name>)")
+    run.add_argument("--storage", help="Optuna storage URL (default: <run-dir>/optuna.journal)")
+    run.add_argument("--n-trials", type=int, help="override study.n_trials")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a preset field, e.g. --set params.learning_rate=3e-4 (repeatable)")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the search space, then exit")
+
+    res = sub.add_parser("resume", help="continue a run directory after a crash or a stop")
+    res.add_argument("run_dir")
+    res.add_argument("--headless", action="store_true")
+    res.add_argument("--n-trials", type=int, help="raise the trial budget")
+
+    exp = sub.add_parser("export", help="write best params (JSON) and a results table (CSV) of a run")
+    exp.add_argument("run_dir")
+    exp.add_argument("--out", help="directory for best_params.json and trials.csv (default: the run dir)")
+
+    pre = sub.add_parser("presets", help="list bundled presets, or `presets show NAME`")
+    pre.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    pre.add_argument("name", nargs="?")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (PresetError, ValueError, FileNotFoundError) as e:
+        # Every user-facing error class (PresetError, SweepError, DataError, ModelError) is a ValueError.
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"tui-tuner: error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "presets":
+        return _presets(args.action, args.name)
+    if args.cmd == "export":
+        from tui_tuner.export import export_run
+
+        print(export_run(Path(args.run_dir), Path(args.out) if args.out else None))
+        return 0
+    from tui_tuner.engine.sweep import Sweep
+
+    if args.cmd == "resume":
+        sweep = Sweep.open(args.run_dir, n_trials=args.n_trials)
+        headless = args.headless
+    else:
+        path = resolve_preset_path(args.preset)
+        preset = Preset.load(path, args.overrides)
+        if args.n_trials is not None:
+            preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
+        if args.dry_run:
+            print(dry_run(preset))
+            return 0
+        run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
+        if (run_dir / "sweep.json").exists():
+            raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
+        sweep = Sweep(preset, run_dir, storage=args.storage)
+        headless = args.headless
+    sweep.start()
+    if headless or not sys.stdout.isatty() or os.environ.get("TUI_TUNER_HEADLESS"):
+        from tui_tuner.headless import run_headless
+
+        return run_headless(sweep)
+    from tui_tuner.ui.app import run_app
+
+    return run_app(sweep)
+
+
+def dry_run(preset: Preset) -> str:
+    s = preset.study
+    lines = [f"preset {preset.name}: {preset.description}".rstrip(": "),
+             f"model {preset.model.name} ({preset.model.method}); data {preset.data.train}",
+             f"study {preset.study_name}: sampler {s.sampler}, pruner {s.pruner}, {s.n_trials} trials, "
+             f"{s.concurrency} at a time" + (f", timeout {s.timeout:g}s" if s.timeout else ""),
+             "search space:" if preset.search else "search space: (none: every trial uses the fixed params)"]
+    for name, d in preset.search.items():
+        spec = d.model_dump(exclude={"type"}, exclude_none=True)
+        lines.append(f"  {name:<22} {d.type:<12} {spec}")
+    budget = preset.params.max_steps or f"{preset.params.epochs} epochs"
+    lines.append(f"per trial: {budget} steps max, eval every {preset.params.eval_interval} steps")
+    return "\n".join(lines)
+
+
+def _presets(action: str, name: str | None) -> int:
+    if action == "show":
+        if not name:
+            raise PresetError("presets show: which preset? (tui-tuner presets lists them)")
+        path = resolve_preset_path(name)
+        print(f"# {path}\n" + Preset.load(path).to_toml(), end="")
+        return 0
+    for f in sorted(PRESETS_DIR.glob("*.toml")):
+        try:
+            desc = Preset.load(f).description
+        except PresetError as e:
+            desc = f"(invalid: {str(e).splitlines()[0]})"
+        print(f"{f.stem:<24} {desc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

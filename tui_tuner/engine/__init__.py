@@ -1,0 +1,1 @@
+"""UI-free sweep engine: Optuna study (ask/tell), scheduler, one thread per trial, control API, metrics."""

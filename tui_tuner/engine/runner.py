@@ -1,0 +1,294 @@
+"""One trial in its own thread: builds the fine-tune, steps it, obeys its TrialControl, reports and tells Optuna."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tui_tuner.engine.control import Killed, Stopped, TrialControl
+from tui_tuner.engine.history import TrialHistory
+from tui_tuner.engine.jsonl import JsonlWriter
+from tui_tuner.engine.snapshot import CheckpointView, TrialSnapshot
+from tui_tuner.params import TrialParams
+from tui_tuner.training import checkpoint as ckpt
+from tui_tuner.training.finetune import FineTune
+
+if TYPE_CHECKING:
+    from tui_tuner.engine.sweep import Sweep
+
+log = logging.getLogger(__name__)
+
+
+class Diverged(RuntimeError):
+    """The train loss became NaN or infinite."""
+
+
+@dataclass
+class TrialRun:
+    """Everything the engine knows about one trial; mutated only by its own thread (plus `control`)."""
+
+    number: int
+    trial: optuna.Trial | None
+    params: TrialParams
+    searched: dict[str, Any]
+    overrides: dict[str, Any]
+    trial_dir: Path
+    origin: str = "sampler"
+    parent: int | None = None
+    fork_step: int | None = None
+    resume_from: Path | None = None
+    state: str = "running"
+    step: int = 0
+    total: int | None = None
+    last: dict[str, float] = field(default_factory=dict)
+    best_eval: float | None = None
+    peak_mem: int | None = None
+    error: str | None = None
+    stopped_by_user: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    checkpoints: list[ckpt.CheckpointInfo] = field(default_factory=list)
+    history: TrialHistory = field(default_factory=TrialHistory)
+    control: TrialControl = field(default_factory=TrialControl)
+    thread: threading.Thread | None = None
+    version: int = 0
+    has_report: bool = False
+    ft: FineTune | None = None
+    runner: Any = None
+
+    def snapshot(self) -> TrialSnapshot:
+        last = self.last
+        return TrialSnapshot(
+            number=self.number, state=self.state, step=self.step, total_steps=self.total,
+            params=dict(self.searched), overrides=dict(self.overrides),
+            loss=last.get("loss"), eval_loss=last.get("eval_loss"), best_eval_loss=self.best_eval,
+            lr=last.get("lr"), grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
+            mem_bytes=int(last["mem_bytes"]) if "mem_bytes" in last else None, peak_mem_bytes=self.peak_mem,
+            parent=self.parent, fork_step=self.fork_step, origin=self.origin,
+            stopped_by_user=self.stopped_by_user, error=self.error, started_at=self.started_at,
+            finished_at=self.finished_at,
+            checkpoints=tuple(CheckpointView(c.step, c.eval_loss, str(c.path)) for c in self.checkpoints),
+            version=self.version,
+        )
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "paused")
+
+
+class TrialRunner:
+    """The body of a trial thread. Every Optuna call for this trial happens here, under the sweep's study lock."""
+
+    def __init__(self, sweep: Sweep, run: TrialRun):
+        self.sweep, self.run = sweep, run
+        self.events = sweep.events
+        self.metrics = JsonlWriter(run.trial_dir / "metrics.jsonl")
+
+    # -- thread entry ------------------------------------------------------------------------
+    def __call__(self) -> None:
+        run, sw = self.run, self.sweep
+        try:
+            self._train()
+        except Killed:
+            self._finish_pruned(user=True)
+        except Stopped:
+            self._finish_stopped()
+        except optuna.TrialPruned:
+            self._finish_pruned(user=False)
+        except Exception as e:  # a failing trial must not take the sweep down
+            self._finish_failed(e)
+        finally:
+            if run.ft is not None:
+                run.ft.close()
+                run.ft = None
+            self.metrics.close()
+            run.control.fail_pending(RuntimeError(f"trial {run.number} has finished"))
+            sw._trial_finished(run)
+
+    def _train(self) -> None:
+        run, sw, p = self.run, self.sweep, self.sweep.preset
+        run.started_at = time.time()
+        weights = str(run.resume_from) if (run.resume_from and p.model.method == "full") else None
+        ft = FineTune(
+            p.model.name, p.model.method, run.params, sw.data, p.device.type, p.device.precision,
+            weights_dir=weights, trust_remote_code=p.model.trust_remote_code,
+        )
+        run.ft = ft
+        if run.resume_from:
+            ckpt.restore(ft, run.resume_from)
+            ft.apply_params(run.params)  # a fork's overrides win over what the optimizer state carried
+        run.step, run.total = ft.step_count, ft.total_steps
+        run.checkpoints = ckpt.list_checkpoints(run.trial_dir)
+        where = f" from step {ft.step_count}" if run.resume_from else ""
+        self.events.emit("started", run.number, f"trial {run.number} started{where}", params=run.searched)
+        self._bump()
+        interval = run.params.eval_interval
+        ck_every = p.checkpoints.interval
+        while not ft.done:
+            run.control.boundary(self._on_pause, self._on_resume)
+            m = ft.step()
+            if not math.isfinite(m.loss):
+                raise Diverged(f"train loss is {m.loss} at step {m.step} (lr={m.lr:.3g}): diverged")
+            row = {"step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
+                   "tokens_per_s": m.tokens_per_s, "mem_bytes": m.mem_bytes, "time": time.time()}
+            self.metrics.write(row)
+            run.history.record(row)
+            run.last.update(row)
+            run.step = m.step
+            run.peak_mem = max(run.peak_mem or 0, m.mem_bytes)
+            eval_loss = None
+            if m.step % interval == 0 or ft.done:
+                eval_loss = self._evaluate()
+                if not ft.done:
+                    self._maybe_prune()
+            if ck_every and m.step % ck_every == 0 and not ft.done:
+                self._checkpoint(eval_loss)
+            self._bump()
+        self._checkpoint(run.last.get("eval_loss"))
+        self._tell(TrialState.COMPLETE, run.last["eval_loss"])
+        self._end("complete", f"trial {run.number} completed: eval loss {run.last['eval_loss']:.4f}")
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _evaluate(self) -> float:
+        run, ft = self.run, self.run.ft
+        assert ft is not None
+        value = ft.evaluate()
+        row = {"step": ft.step_count, "eval_loss": value, "time": time.time()}
+        self.metrics.write(row)
+        run.history.record(row)
+        run.last["eval_loss"] = value
+        if math.isfinite(value):
+            run.best_eval = value if run.best_eval is None else min(run.best_eval, value)
+            if run.trial is not None:
+                with self.sweep.study_lock:
+                    run.trial.report(value, ft.step_count)
+                run.has_report = True
+        return value
+
+    def _maybe_prune(self) -> None:
+        run = self.run
+        if run.trial is None or run.control.paused:
+            return
+        with self.sweep.study_lock:
+            prune = run.trial.should_prune()
+        if prune:
+            raise optuna.TrialPruned(f"pruned at step {run.step} by {self.sweep.preset.study.pruner}")
+
+    def _checkpoint(self, eval_loss: float | None) -> ckpt.CheckpointInfo | None:
+        """Save; on a disk or permission error keep the previous good checkpoint and log it loudly."""
+        run, conf = self.run, self.sweep.preset.checkpoints
+        assert run.ft is not None
+        try:
+            info = ckpt.save(run.ft, run.trial_dir, eval_loss)
+            ckpt.prune_checkpoints(run.trial_dir, conf.keep, conf.keep_best)
+        except OSError as e:
+            self.events.emit("checkpoint_failed", run.number, f"trial {run.number}: checkpoint at step "
+                             f"{run.step} failed: {e.strerror or e}; previous checkpoint kept")
+            return None
+        run.checkpoints = ckpt.list_checkpoints(run.trial_dir)
+        self.events.emit("checkpoint", run.number, f"trial {run.number}: checkpoint at step {info.step}",
+                         step=info.step, path=str(info.path))
+        self._bump()
+        return info
+
+    def checkpoint_now(self) -> ckpt.CheckpointInfo:
+        """Runs on the trial thread (via TrialControl.submit)."""
+        info = self._checkpoint(self.run.last.get("eval_loss") if self._evaluated_at_step() else None)
+        if info is None:
+            raise OSError(f"trial {self.run.number}: checkpoint failed (see events.jsonl)")
+        return info
+
+    def _evaluated_at_step(self) -> bool:
+        last = self.run.history.series["eval_loss"].last()
+        return last is not None and last[0] == self.run.step
+
+    def _tell(self, state: TrialState, value: float | None = None) -> None:
+        trial = self.run.trial
+        if trial is None:
+            return
+        with self.sweep.study_lock:
+            if state == TrialState.COMPLETE:
+                self.sweep.study.tell(trial, value, skip_if_finished=True)
+            else:
+                self.sweep.study.tell(trial, state=state, skip_if_finished=True)
+
+    def _set_attrs(self, **attrs: Any) -> None:
+        if self.run.trial is None:
+            return
+        with self.sweep.study_lock:
+            for k, v in attrs.items():
+                self.run.trial.set_user_attr(k, v)
+
+    def _ensure_report(self) -> None:
+        """A pruned trial with no intermediate value is invisible to TPE: evaluate once before telling."""
+        if not self.run.has_report and self.run.ft is not None and self.run.step > 0:
+            self._evaluate()
+
+    def _finish_pruned(self, user: bool) -> None:
+        run = self.run
+        if user:
+            self._ensure_report()
+            run.stopped_by_user = True
+            self._set_attrs(stopped_by_user=True, stopped_at_step=run.step)
+            self._tell(TrialState.PRUNED)
+            self._end("pruned", f"trial {run.number} killed by the user at step {run.step}", kind="killed")
+        else:
+            self._set_attrs(pruned_at_step=run.step)
+            self._tell(TrialState.PRUNED)
+            self._end("pruned", f"trial {run.number} pruned at step {run.step} "
+                      f"(eval loss {run.last.get('eval_loss', math.nan):.4f})")
+
+    def _finish_stopped(self) -> None:
+        """The sweep is stopping: keep a checkpoint so the trial can be forked or extended later."""
+        run = self.run
+        info = self._checkpoint(run.last.get("eval_loss")) if run.ft and run.step > 0 else None
+        self._ensure_report()
+        self._set_attrs(interrupted_at_step=run.step, interrupted_checkpoint=str(info.path) if info else None)
+        self._tell(TrialState.PRUNED)
+        self._end("pruned", f"trial {run.number} interrupted at step {run.step} by sweep stop", kind="interrupted")
+
+    def _finish_failed(self, e: BaseException) -> None:
+        run = self.run
+        if isinstance(e, torch.OutOfMemoryError):
+            msg = (f"out of memory at step {run.step} (batch_size={run.params.batch_size}, "
+                   f"grad_accum={run.params.grad_accum}): lower batch_size or raise grad_accum")
+        else:
+            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+        run.error = msg
+        run.trial_dir.mkdir(parents=True, exist_ok=True)
+        (run.trial_dir / "error.log").write_text(traceback.format_exc())
+        self._set_attrs(error=msg, failed_at_step=run.step)
+        self._tell(TrialState.FAIL)
+        self._end("fail", f"trial {run.number} failed: {msg}", kind="failed")
+
+    def _end(self, state: str, message: str, kind: str | None = None) -> None:
+        run = self.run
+        run.state, run.finished_at = state, time.time()
+        self._bump()
+        self.events.emit(kind or state, run.number, message, step=run.step)
+
+    def _on_pause(self) -> None:
+        self.run.state = "paused"
+        self._bump()
+        self.events.emit("paused", self.run.number, f"trial {self.run.number} paused at step {self.run.step}",
+                         step=self.run.step)
+
+    def _on_resume(self) -> None:
+        self.run.state = "running"
+        self._bump()
+        self.events.emit("resumed", self.run.number, f"trial {self.run.number} resumed at step {self.run.step}",
+                         step=self.run.step)
+
+    def _bump(self) -> None:
+        self.run.version += 1
+

@@ -1,0 +1,63 @@
+"""Immutable views of the sweep that clients (TUI, headless, tests) read; the engine never hands out its state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Trial states as clients see them; Optuna's plus "paused", and "waiting" for queued trials.
+STATES = ("waiting", "running", "paused", "complete", "pruned", "fail")
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    step: int
+    eval_loss: float | None
+    path: str
+
+
+@dataclass(frozen=True)
+class TrialSnapshot:
+    number: int
+    state: str
+    step: int
+    total_steps: int | None
+    params: dict[str, Any]  # the searched params (what Optuna records)
+    overrides: dict[str, Any]  # fixed params changed for this trial only (forks, enqueues)
+    loss: float | None = None
+    eval_loss: float | None = None
+    best_eval_loss: float | None = None
+    lr: float | None = None
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    mem_bytes: int | None = None
+    peak_mem_bytes: int | None = None
+    parent: int | None = None
+    fork_step: int | None = None
+    origin: str = "sampler"  # sampler | enqueue | fork
+    stopped_by_user: bool = False
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    checkpoints: tuple[CheckpointView, ...] = ()
+    version: int = 0  # bumps on every change: a client redraws a trial only when it moved
+
+    @property
+    def active(self) -> bool:
+        return self.state in ("running", "paused")
+
+
+@dataclass(frozen=True)
+class SweepSnapshot:
+    study_name: str
+    sampler: str
+    pruner: str
+    concurrency: int
+    n_trials: int
+    started_at: float
+    elapsed: float
+    finished: bool
+    trials: tuple[TrialSnapshot, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+    best_trial: int | None = None
+    best_value: float | None = None

@@ -1,0 +1,92 @@
+"""Optuna plumbing: storage (journal file by default), sampler and pruner from the preset, the search space."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import CategoricalDist, FloatDist, IntDist, Preset
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def make_storage(run_dir: Path, url: str | None) -> optuna.storages.BaseStorage:
+    """JournalStorage on a file: ~5 ms per ask under 8 threads, where SQLite took ~100 ms."""
+    if url:
+        return optuna.storages.get_storage(url)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
+
+
+def make_sampler(preset: Preset) -> optuna.samplers.BaseSampler:
+    s = preset.study
+    match s.sampler:
+        case "tpe":
+            # constant_liar: concurrent asks see running trials as bad, so they spread out.
+            return optuna.samplers.TPESampler(seed=s.sampler_seed, constant_liar=True)
+        case "random":
+            return optuna.samplers.RandomSampler(seed=s.sampler_seed)
+        case "grid":
+            return optuna.samplers.GridSampler(grid_space(preset), seed=s.sampler_seed)
+        case "gp":
+            return optuna.samplers.GPSampler(seed=s.sampler_seed)
+        case "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=s.sampler_seed)
+    raise ValueError(s.sampler)
+
+
+def grid_space(preset: Preset) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for name, d in preset.search.items():
+        if isinstance(d, CategoricalDist):
+            grid[name] = list(d.choices)
+        elif isinstance(d, IntDist):
+            grid[name] = list(range(d.low, d.high + 1, d.step))
+        elif d.step is not None:
+            n = int(math.floor((d.high - d.low) / d.step + 1e-9))
+            grid[name] = [d.low + i * d.step for i in range(n + 1)]
+        else:
+            raise ValueError(f"search.{name}: the grid sampler needs 'step' on float ranges")
+    return grid
+
+
+def make_pruner(preset: Preset, max_resource: int) -> optuna.pruners.BasePruner:
+    s = preset.study
+    match s.pruner:
+        case "none":
+            return optuna.pruners.NopPruner()
+        case "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=s.pruner_startup_trials, n_warmup_steps=s.pruner_warmup_steps
+            )
+        case "successive_halving":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=s.min_resource or "auto", reduction_factor=s.reduction_factor
+            )
+        case "hyperband":
+            return optuna.pruners.HyperbandPruner(
+                min_resource=s.min_resource or 1, max_resource=max_resource, reduction_factor=s.reduction_factor
+            )
+    raise ValueError(s.pruner)
+
+
+def suggest_params(trial: optuna.Trial, preset: Preset, overrides: dict[str, Any] | None = None) -> TrialParams:
+    """The preset's fixed params, the searched ones suggested by Optuna, then per-trial overrides (forks)."""
+    values = preset.params.model_dump()
+    for name, d in preset.search.items():
+        values[name] = _suggest(trial, name, d)
+    values.update(overrides or {})
+    return TrialParams.model_validate(values)
+
+
+def _suggest(trial: optuna.Trial, name: str, d: FloatDist | IntDist | CategoricalDist) -> Any:
+    if isinstance(d, FloatDist):
+        return trial.suggest_float(name, d.low, d.high, log=d.log, step=d.step)
+    if isinstance(d, IntDist):
+        return trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
+    return trial.suggest_categorical(name, d.choices)

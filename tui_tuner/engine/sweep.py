@@ -1,0 +1,491 @@
+"""The Sweep: an in-process Optuna study, a scheduler thread, one thread per trial, and the control API."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from pydantic import ValidationError
+
+from tui_tuner.engine.events import Event, EventLog
+from tui_tuner.engine.history import METRIC_KEYS, TrialHistory
+from tui_tuner.engine.jsonl import read_jsonl
+from tui_tuner.engine.runner import TrialRun, TrialRunner
+from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
+from tui_tuner.params import PARAM_NAMES, SHAPE_PARAMS, TrialParams
+from tui_tuner.preset import Preset, PresetError
+from tui_tuner.training import checkpoint as ckpt
+from tui_tuner.training.finetune import DataBundle, prepare_data, total_steps
+from tui_tuner.training.schedules import planned_lrs
+
+SWEEP_FILE = "sweep.json"
+
+
+class SweepError(ValueError):
+    """A command that cannot be carried out (unknown trial, missing checkpoint, bad override); one line."""
+
+
+class _TrialOrRunMethod:
+    """`Sweep.resume(run_dir)` reopens a run; `sweep.resume(n)` resumes a paused trial."""
+
+    def __get__(self, obj: Sweep | None, cls: type[Sweep]) -> Callable[..., Any]:
+        if obj is None:
+            return cls.open
+        return obj.resume_trial
+
+
+class Sweep:
+    """Public API. Every method is thread-safe; trial-changing commands act at the trial's next step boundary."""
+
+    resume = _TrialOrRunMethod()
+
+    def __init__(self, preset: Preset, run_dir: str | Path, storage: str | None = None,
+                 n_trials: int | None = None, _resuming: bool = False):
+        if n_trials is not None:
+            preset = preset.model_copy(update={"study": preset.study.model_copy(update={"n_trials": n_trials})})
+        self.preset = preset
+        self.run_dir = Path(run_dir)
+        self.storage_url = storage
+        self._resuming = _resuming
+        self.study_lock = threading.RLock()
+        self._cond = threading.Condition()
+        self._runs: dict[int, TrialRun] = {}
+        self._concurrency = preset.study.concurrency
+        self._queued = 0
+        self._sampled = 0
+        self._stopping = False
+        self._done = threading.Event()
+        self._scheduler: threading.Thread | None = None
+        self._started_at = 0.0
+        self.study: optuna.Study
+        self.events: EventLog
+        self.data: DataBundle
+        self.tokenizer: Any = None
+        self._max_steps_hint = 1
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: str | Path, n_trials: int | None = None) -> Sweep:
+        """Reopen a run directory after a crash or a stop; `start()` then continues it."""
+        run_dir = Path(run_dir)
+        meta = run_dir / SWEEP_FILE
+        if not meta.is_file() or not (run_dir / "preset.toml").is_file():
+            raise SweepError(f"{run_dir}: not a tui-tuner run directory (no {SWEEP_FILE} / preset.toml)")
+        info = json.loads(meta.read_text())
+        preset = Preset.load(run_dir / "preset.toml")
+        return cls(preset, run_dir, storage=info.get("storage"), n_trials=n_trials, _resuming=True)
+
+    def start(self) -> Sweep:
+        """Prepare data and the study, then return at once; trials run in background threads."""
+        p = self.preset
+        torch.set_num_threads(p.device.threads_per_trial)
+        self.tokenizer, self.data = prepare_data(p.model.name, p.data, p.model.trust_remote_code)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "trials").mkdir(exist_ok=True)
+        if not self._resuming:
+            (self.run_dir / "preset.toml").write_text(p.to_toml())
+            (self.run_dir / SWEEP_FILE).write_text(json.dumps({"storage": self.storage_url, "created": time.time()}))
+        self.events = EventLog(self.run_dir / "events.jsonl")
+        self._max_steps_hint = total_steps(p.params, len(self.data.train))
+        self.study = optuna.create_study(
+            study_name=p.study_name, storage=make_storage(self.run_dir, self.storage_url),
+            sampler=make_sampler(p), pruner=make_pruner(p, self._max_steps_hint),
+            direction="minimize", load_if_exists=True,
+        )
+        self._started_at = time.time()
+        if self._resuming:
+            self._reload()
+        self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
+                         resumed=self._resuming)
+        self._scheduler = threading.Thread(target=self._schedule_loop, name="tui-tuner-scheduler", daemon=True)
+        self._scheduler.start()
+        atexit.register(self.stop)
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the budget is spent and every trial has ended; True if it has."""
+        return self._done.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Running trials end cleanly at their next step (checkpointed, told PRUNED); nothing stays RUNNING."""
+        with self._cond:
+            if self._stopping:
+                already = True
+            else:
+                already, self._stopping = False, True
+            runs = [r for r in self._runs.values() if r.thread is not None]
+            self._cond.notify_all()
+        for r in runs:
+            r.control.stop()
+        for r in runs:
+            r.thread.join(timeout)  # type: ignore[union-attr]
+        if self._scheduler is not None:
+            self._scheduler.join(timeout)
+        if not already and hasattr(self, "events"):
+            self.events.emit("sweep_stopped", None, "sweep stopped")
+            self.events.close()
+        self._done.set()
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    # -- commands ------------------------------------------------------------------------------
+    def pause(self, n: int) -> None:
+        self._active(n).control.pause()
+
+    def resume_trial(self, n: int) -> None:
+        self._active(n).control.resume()
+        with self._cond:
+            self._cond.notify_all()
+
+    def kill(self, n: int) -> None:
+        """Ends trial n at its next step boundary; Optuna records it PRUNED with stopped_by_user."""
+        run = self._active(n)
+        self.events.emit("kill_requested", n, f"kill of trial {n} requested at step {run.step}")
+        run.control.kill()
+
+    def set_concurrency(self, k: int) -> None:
+        if k < 1:
+            raise SweepError(f"concurrency must be >= 1 (got {k})")
+        with self._cond:
+            self._concurrency = k
+            self._cond.notify_all()
+        self.events.emit("concurrency", None, f"concurrency set to {k}", concurrency=k)
+
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
+    def enqueue(self, params: dict[str, Any]) -> int:
+        """A trial with these params runs next (before new sampler proposals); returns its trial number."""
+        values = self._validated({**self.preset.params.model_dump(), **params}, "enqueue")
+        number = self._enqueue(values, {"origin": "enqueue"})
+        self.events.emit("enqueued", number, f"trial {number} enqueued with {params}", params=params)
+        return number
+
+    def checkpoint(self, n: int, timeout: float = 600) -> ckpt.CheckpointInfo:
+        """Write a checkpoint of a running or paused trial now (on its thread, at its step boundary)."""
+        run = self._active(n)
+        return run.control.submit(run.runner.checkpoint_now).result(timeout)
+
+    def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None) -> int:
+        """A new trial of the study continuing from trial n's checkpoint (weights, optimizer, schedule, data
+        position) with `params` overriding the parent's; returns the child's trial number."""
+        parent = self._runs.get(n)
+        if parent is None:
+            raise SweepError(f"fork: no trial {n} in this sweep")
+        params = dict(params or {})
+        unknown = set(params) - PARAM_NAMES
+        if unknown:
+            raise SweepError(f"fork: unknown hyperparameter(s) {sorted(unknown)}")
+        old = parent.params.model_dump()
+        changed_shape = sorted(k for k in SHAPE_PARAMS & params.keys() if params[k] != old.get(k))
+        if changed_shape:
+            raise SweepError(f"fork: cannot change {', '.join(changed_shape)}: it changes the weight shapes "
+                             "(start a new trial instead)")
+        values = self._validated({**old, **params}, "fork")
+        source = self._fork_source(parent, step)
+        number = self._enqueue(values, {
+            "origin": "fork", "parent_trial": n, "fork_step": source.step, "fork_checkpoint": str(source.path),
+        }, copy_checkpoint=source)
+        self.events.emit("forked", number, f"trial {number} forked from trial {n} at step {source.step}"
+                         + (f" with {params}" if params else ""), parent=n, step=source.step, params=params)
+        return number
+
+    def _fork_source(self, parent: TrialRun, step: int | None) -> ckpt.CheckpointInfo:
+        if step is None and parent.active:
+            return self.checkpoint(parent.number)
+        available = ckpt.list_checkpoints(parent.trial_dir)
+        if not available:
+            raise SweepError(f"fork: trial {parent.number} has no checkpoint")
+        if step is None:
+            return available[-1]
+        for c in available:
+            if c.step == step:
+                return c
+        raise SweepError(f"fork: trial {parent.number} has no checkpoint at step {step} "
+                         f"(available: {', '.join(str(c.step) for c in available)})")
+
+    def _validated(self, values: dict[str, Any], what: str) -> TrialParams:
+        unknown = set(values) - PARAM_NAMES
+        if unknown:
+            raise SweepError(f"{what}: unknown hyperparameter(s) {sorted(unknown)}")
+        try:
+            return TrialParams.model_validate(values)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "params"
+            raise SweepError(f"{what}: {field}: {first['msg']}") from None
+
+    def _enqueue(self, values: TrialParams, attrs: dict[str, Any],
+                 copy_checkpoint: ckpt.CheckpointInfo | None = None) -> int:
+        searched = {k: getattr(values, k) for k in self.preset.search}
+        defaults = self.preset.params.model_dump()
+        attrs["overrides"] = {k: v for k, v in values.model_dump().items()
+                              if k not in self.preset.search and v != defaults[k]}
+        # Holding _cond keeps the scheduler from starting the child before its checkpoint copy exists.
+        with self._cond:
+            with self.study_lock:
+                self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
+                number = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1].number
+            if copy_checkpoint is not None:
+                dest = ckpt.checkpoint_dir(self._trial_dir(number), copy_checkpoint.step)
+                _link_tree(copy_checkpoint.path, dest)
+            self._queued += 1
+            self._cond.notify_all()
+        return number
+
+    # -- reads ---------------------------------------------------------------------------------
+    def trials(self) -> list[TrialSnapshot]:
+        with self._cond:
+            runs = list(self._runs.values())
+            queued = self._waiting_numbers()
+        snaps = [r.snapshot() for r in runs]
+        snaps += [TrialSnapshot(number=q, state="waiting", step=0, total_steps=None, params={}, overrides={})
+                  for q in queued if q not in self._runs]
+        return sorted(snaps, key=lambda s: s.number)
+
+    def trial(self, n: int) -> TrialSnapshot:
+        run = self._runs.get(n)
+        if run is None:
+            raise SweepError(f"no trial {n} in this sweep")
+        return run.snapshot()
+
+    def snapshot(self) -> SweepSnapshot:
+        trials = tuple(self.trials())
+        counts = {s: 0 for s in STATES}
+        for t in trials:
+            counts[t.state] += 1
+        done = [t for t in trials if t.state == "complete" and t.eval_loss is not None]
+        best = min(done, key=lambda t: t.eval_loss) if done else None  # type: ignore[arg-type,return-value]
+        return SweepSnapshot(
+            study_name=self.preset.study_name, sampler=self.preset.study.sampler, pruner=self.preset.study.pruner,
+            concurrency=self._concurrency, n_trials=self.preset.study.n_trials, started_at=self._started_at,
+            elapsed=time.time() - self._started_at, finished=self.finished, trials=trials, counts=counts,
+            best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
+        )
+
+    def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:
+        """A metric of trial n, bucket-averaged to at most `max_points`; forks start with their parent's curve."""
+        if key not in METRIC_KEYS:
+            raise SweepError(f"unknown metric {key!r} (one of {', '.join(METRIC_KEYS)})")
+        run = self._runs.get(n)
+        return run.history.series[key].points(max_points) if run else []
+
+    def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
+        run = self._runs.get(n)
+        if run is None:
+            return []
+        return planned_lrs(run.params, run.total or total_steps(run.params, len(self.data.train)), points)
+
+    def events_since(self, seq: int = 0) -> list[Event]:
+        return self.events.since(seq)
+
+    def subscribe(self, fn: Callable[[Event], None]) -> Callable[[], None]:
+        return self.events.subscribe(fn)
+
+    def best(self) -> TrialSnapshot | None:
+        snap = self.snapshot()
+        return self.trial(snap.best_trial) if snap.best_trial is not None else None
+
+    # -- scheduler -----------------------------------------------------------------------------
+    def _occupied(self) -> int:
+        free_paused = self.preset.study.paused_frees_slot
+        return sum(1 for r in self._runs.values()
+                   if r.state == "running" or (r.state == "paused" and not free_paused))
+
+    def _timed_out(self) -> bool:
+        t = self.preset.study.timeout
+        return t is not None and time.time() - self._started_at > t
+
+    def _budget_left(self) -> bool:
+        return self._sampled < self.preset.study.n_trials and not self._timed_out()
+
+    def _schedule_loop(self) -> None:
+        """Keeps up to `concurrency` trials running. Idle (done) once the budget is spent and nothing runs, but
+        it stays up until stop(): a fork or enqueue after that starts again."""
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    room = self._occupied() < self._concurrency
+                    if room and (self._queued > 0 or self._budget_left()):
+                        break
+                    idle = not any(r.active for r in self._runs.values()) and self._queued == 0
+                    if idle and not self._budget_left() and not self._done.is_set():
+                        self._done.set()
+                        self.events.emit("sweep_finished", None, "sweep finished: budget spent")
+                    self._cond.wait(timeout=1.0)
+                if self._stopping:
+                    return
+                self._done.clear()
+                self._start_next()
+
+    def _start_next(self) -> None:
+        """Ask Optuna (enqueued WAITING trials come first) and start a thread for the trial."""
+        with self.study_lock:
+            trial = self.study.ask()
+            attrs = trial.user_attrs
+            origin = attrs.get("origin")
+            if origin is None:
+                origin = "sampler"
+                trial.set_user_attr("origin", origin)
+        if origin == "sampler":
+            self._sampled += 1
+        else:
+            self._queued = max(0, self._queued - 1)
+        overrides = attrs.get("overrides", {})
+        try:
+            with self.study_lock:
+                params = suggest_params(trial, self.preset, overrides)
+        except (ValidationError, ValueError) as e:
+            with self.study_lock:
+                trial.set_user_attr("error", f"invalid params: {e}")
+                self.study.tell(trial, state=TrialState.FAIL)
+            self.events.emit("failed", trial.number, f"trial {trial.number} failed: invalid params: {e}")
+            return
+        resume_from = None
+        if origin == "fork":
+            resume_from = ckpt.checkpoint_dir(self._trial_dir(trial.number), attrs["fork_step"])
+        run = TrialRun(
+            number=trial.number, trial=trial, params=params, searched=dict(trial.params), overrides=overrides,
+            trial_dir=self._trial_dir(trial.number), origin=origin, parent=attrs.get("parent_trial"),
+            fork_step=attrs.get("fork_step"), resume_from=resume_from,
+        )
+        parent = self._runs.get(run.parent) if run.parent is not None else None
+        if parent is not None:
+            run.history.copy_prefix(parent.history, until=run.fork_step)
+        self._launch(run)
+
+    def _launch(self, run: TrialRun) -> None:
+        runner = TrialRunner(self, run)
+        run.runner = runner
+        run.thread = threading.Thread(target=runner, name=f"trial-{run.number}", daemon=True)
+        self._runs[run.number] = run
+        run.thread.start()
+
+    def _trial_finished(self, run: TrialRun) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def _trial_dir(self, n: int) -> Path:
+        return self.run_dir / "trials" / str(n)
+
+    def _waiting_numbers(self) -> list[int]:
+        if self._queued == 0:
+            return []
+        with self.study_lock:
+            return [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+
+    def _active(self, n: int) -> TrialRun:
+        run = self._runs.get(n)
+        if run is None:
+            raise SweepError(f"no trial {n} in this sweep")
+        if not run.active:
+            raise SweepError(f"trial {n} is {run.state}, not running or paused")
+        return run
+
+    # -- resume after a crash ------------------------------------------------------------------
+    def _reload(self) -> None:
+        """Rebuild records of finished trials and restart the ones a dead process left RUNNING."""
+        paused = _paused_at_death(read_jsonl(self.run_dir / "events.jsonl"))
+        for t in self.study.get_trials(deepcopy=False):
+            origin = t.user_attrs.get("origin", "sampler")
+            if t.state == TrialState.WAITING:
+                self._queued += 1
+                continue
+            if origin == "sampler":
+                self._sampled += 1
+            overrides = t.user_attrs.get("overrides", {})
+            try:
+                params = TrialParams.model_validate({**self.preset.params.model_dump(), **t.params, **overrides})
+            except ValidationError:
+                continue
+            trial_dir = self._trial_dir(t.number)
+            run = TrialRun(number=t.number, trial=None, params=params, searched=dict(t.params), overrides=overrides,
+                           trial_dir=trial_dir, origin=origin, parent=t.user_attrs.get("parent_trial"),
+                           fork_step=t.user_attrs.get("fork_step"))
+            last_ckpt = ckpt.list_checkpoints(trial_dir)
+            until = last_ckpt[-1].step if (t.state == TrialState.RUNNING and last_ckpt) else None
+            if t.state == TrialState.RUNNING and not last_ckpt:
+                until = 0
+            _load_history(run, trial_dir, until, self._runs)
+            run.checkpoints = last_ckpt
+            if t.state == TrialState.RUNNING:
+                run.trial = optuna.Trial(self.study, t._trial_id)
+                run.resume_from = last_ckpt[-1].path if last_ckpt else None
+                run.has_report = bool(t.intermediate_values)
+                if t.number in paused:
+                    run.control.pause()
+                self.events.emit("resuming", t.number, f"trial {t.number} resumes from "
+                                 + (f"checkpoint step {last_ckpt[-1].step}" if last_ckpt else "step 0 (no checkpoint)"))
+                self._launch(run)
+            else:
+                run.state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}.get(t.state, "fail")
+                run.stopped_by_user = bool(t.user_attrs.get("stopped_by_user"))
+                run.error = t.user_attrs.get("error")
+                run.started_at = t.datetime_start.timestamp() if t.datetime_start else None
+                run.finished_at = t.datetime_complete.timestamp() if t.datetime_complete else None
+                self._runs[t.number] = run
+
+
+def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[int, TrialRun]) -> None:
+    if run.parent is not None and run.parent in runs and run.fork_step is not None:
+        run.history.copy_prefix(runs[run.parent].history, until=run.fork_step)
+    hist = TrialHistory()
+    for row in read_jsonl(trial_dir / "metrics.jsonl"):
+        if until is not None and row.get("step", 0) > until:
+            continue
+        hist.record(row)
+        run.last.update({k: v for k, v in row.items() if v is not None and k != "time"})
+        if row.get("eval_loss") is not None:
+            run.best_eval = row["eval_loss"] if run.best_eval is None else min(run.best_eval, row["eval_loss"])
+        run.step = max(run.step, int(row.get("step", 0)))
+    for k, s in hist.series.items():
+        run.history.series[k].extend(s.points())
+
+
+def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:
+    paused: set[int] = set()
+    for e in events:
+        if e.get("event") == "paused":
+            paused.add(e["trial"])
+        elif e.get("event") in ("resumed", "killed", "complete", "pruned", "failed"):
+            paused.discard(e["trial"])
+    return paused
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """Hard-link a checkpoint into the child's dir (no copy of the bytes; survives the parent's pruning)."""
+    if dest.exists():
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".linking")
+    try:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        tmp.rename(dest)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SweepError(f"fork: cannot copy checkpoint {src}: {e.strerror or e}") from None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    import os
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+__all__ = ["PresetError", "Sweep", "SweepError"]

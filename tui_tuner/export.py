@@ -1,0 +1,51 @@
+"""`tui-tuner export`: best params as JSON and a CSV of every trial of a run directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import optuna
+
+from tui_tuner.engine.study import make_storage
+from tui_tuner.preset import Preset
+from tui_tuner.training.checkpoint import list_checkpoints
+
+
+def export_run(run_dir: Path, out: Path | None = None) -> str:
+    from tui_tuner.engine.sweep import SWEEP_FILE, SweepError
+
+    if not (run_dir / SWEEP_FILE).is_file():
+        raise SweepError(f"{run_dir}: not a tui-tuner run directory (no {SWEEP_FILE})")
+    out = out or run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    preset = Preset.load(run_dir / "preset.toml")
+    storage_url = json.loads((run_dir / SWEEP_FILE).read_text()).get("storage")
+    study = optuna.load_study(study_name=preset.study_name, storage=make_storage(run_dir, storage_url))
+    trials = study.get_trials(deepcopy=False)
+    names = sorted({k for t in trials for k in t.params})
+    with (out / "trials.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", *names, "value", "best_eval_loss", "steps", "parent", "stopped_by_user"])
+        for t in trials:
+            iv = t.intermediate_values
+            w.writerow([t.number, t.state.name, *(t.params.get(n, "") for n in names),
+                        "" if t.value is None else t.value, min(iv.values()) if iv else "",
+                        max(iv) if iv else "", t.user_attrs.get("parent_trial", ""),
+                        t.user_attrs.get("stopped_by_user", "")])
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        return f"wrote {out / 'trials.csv'} ({len(trials)} trials); no completed trial yet"
+    best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+    full = {**preset.params.model_dump(), **t_overrides(best), **best.params}
+    (out / "best_params.json").write_text(json.dumps(
+        {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2))
+    ckpts = list_checkpoints(run_dir / "trials" / str(best.number))
+    where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
+    return (f"wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
+            f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")
+
+
+def t_overrides(t: optuna.trial.FrozenTrial) -> dict:
+    return dict(t.user_attrs.get("overrides", {}))

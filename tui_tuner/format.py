@@ -1,0 +1,36 @@
+"""Compact number formatting shared by the headless table and the TUI."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+
+def fmt_float(v: float | None, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if digits == 0:
+        return f"{v:.0f}"
+    if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5):
+        return f"{v:.{max(1, digits - 2)}e}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+_SHORT = {"learning_rate": "lr", "batch_size": "bs", "weight_decay": "wd", "warmup_steps": "warm",
+          "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "ldrop", "max_grad_norm": "clip",
+          "grad_accum": "acc", "schedule": "sched"}
+
+
+def fmt_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{_SHORT.get(k, k)}={fmt_float(v, 3) if isinstance(v, float) else v}"
+                    for k, v in params.items())

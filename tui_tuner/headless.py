@@ -1,0 +1,73 @@
+"""Headless client: one line per trial event and a compact progress table every few seconds."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import TextIO
+
+from tui_tuner.engine.events import Event
+from tui_tuner.engine.snapshot import SweepSnapshot
+from tui_tuner.engine.sweep import Sweep
+from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
+
+QUIET_EVENTS = {"checkpoint"}
+
+
+def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdout) -> int:
+    lock = threading.Lock()
+
+    def on_event(ev: Event) -> None:
+        if ev.kind not in QUIET_EVENTS:
+            with lock:
+                print(f"[{_clock(ev.time)}] {ev.message}", file=out, flush=True)
+
+    unsubscribe = sweep.subscribe(on_event)
+    try:
+        while not sweep.wait(table_every):
+            with lock:
+                print(progress_table(sweep.snapshot()), file=out, flush=True)
+    except KeyboardInterrupt:
+        print("stopping: running trials checkpoint and end at their next step (Ctrl-C again to force)",
+              file=out, flush=True)
+    finally:
+        sweep.stop()
+        unsubscribe()
+    print(progress_table(sweep.snapshot()), file=out)
+    print(summary(sweep), file=out, flush=True)
+    return 0
+
+
+def progress_table(snap: SweepSnapshot) -> str:
+    c = snap.counts
+    head = (f"-- {snap.study_name}  {int(snap.elapsed)}s  done {c['complete']}  running {c['running']}  "
+            f"paused {c['paused']}  queued {c['waiting']}  pruned {c['pruned']}  failed {c['fail']}  "
+            f"best {fmt_float(snap.best_value)} (#{snap.best_trial if snap.best_trial is not None else '-'})")
+    lines = [head, f"{'#':>4} {'state':<9} {'step':>11} {'loss':>7} {'eval':>7} {'best':>7} {'lr':>8} "
+             f"{'tok/s':>7} {'mem':>7}  params"]
+    for t in snap.trials:
+        if t.state == "waiting":
+            continue
+        step = f"{t.step}/{t.total_steps or '?'}"
+        lines.append(
+            f"{t.number:>4} {t.state:<9} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
+            f"{fmt_float(t.best_eval_loss):>7} {fmt_float(t.lr, 2):>8} {fmt_float(t.tokens_per_s, 0):>7} "
+            f"{fmt_bytes(t.peak_mem_bytes):>7}  {fmt_params(t.params)}"
+            + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")
+        )
+    return "\n".join(lines)
+
+
+def summary(sweep: Sweep) -> str:
+    best = sweep.best()
+    if best is None:
+        return "no trial completed"
+    where = best.checkpoints[-1].path if best.checkpoints else "(no checkpoint)"
+    return (f"best trial #{best.number}: eval loss {best.eval_loss:.4f}\n  params: {best.params}"
+            + (f"\n  overrides: {best.overrides}" if best.overrides else "") + f"\n  adapter: {where}")
+
+
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(t))

@@ -1,0 +1,64 @@
+"""Per-trial hyperparameters: the flat namespace that presets fix and Optuna searches."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Schedule = Literal["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"]
+
+# Params that change the shape of trainable tensors: a fork may not override them.
+SHAPE_PARAMS = frozenset({"lora_r", "lora_target_modules", "method"})
+
+
+class TrialParams(BaseModel):
+    """Every hyperparameter one trial runs with; each can be fixed in [params] or searched in [search]."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int | None = Field(8, ge=1, description="None: ~0.2% of the training examples, capped at 256")
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Schedule = "cosine"
+    cycle_steps: int | None = Field(None, ge=1, description="period of cosine_restarts / cyclic_wsd")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="share of the run spent decaying (wsd)")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_grad_value: float | None = Field(None, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    prompt_loss_weight: float = Field(0.0, ge=0, le=1)
+    freeze_layers: int = Field(0, ge=0)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16, gt=0)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: str = Field("all-linear", description="comma-separated module names or 'all-linear'")
+    seed: int = 0
+    eval_interval: int = Field(50, ge=1)
+    eval_batches: int | None = Field(None, ge=1)
+
+    @field_validator("lora_target_modules", mode="before")
+    @classmethod
+    def _join_modules(cls, v: object) -> object:
+        return ",".join(v) if isinstance(v, list | tuple) else v
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrialParams:
+        if self.max_steps is None and self.epochs is None:
+            raise ValueError("set max_steps or epochs")
+        return self
+
+    def target_modules(self) -> str | list[str]:
+        """peft's target_modules: the literal 'all-linear' or a list of names."""
+        mods = [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+        return "all-linear" if mods == ["all-linear"] else mods
+
+
+PARAM_NAMES = frozenset(TrialParams.model_fields)

@@ -1,0 +1,281 @@
+"""Preset schema (pydantic), TOML loading, `--set` overrides and one-line validation errors."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tui_tuner.params import PARAM_NAMES, TrialParams
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+BUILTIN_MODEL = "builtin:tiny-llama"
+BUILTIN_DATA = "builtin:progressions"
+
+
+class PresetError(ValueError):
+    """A preset or override that cannot be used; str() is the one-line (per problem) message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    name: str = Field(description="hub id, local path, or builtin:tiny-llama")
+    method: Literal["lora", "full"] = "lora"
+    trust_remote_code: bool = False
+
+
+class DataSection(_Strict):
+    train: str = Field(description="JSONL path or builtin:progressions")
+    eval: str | None = None
+    format: Literal["auto", "text", "prompt_completion", "chat"] = "auto"
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    max_length: int = Field(128, ge=8)
+    split_seed: int = 0
+
+
+class FloatDist(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> FloatDist:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class IntDist(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _range(self) -> IntDist:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        return self
+
+
+class CategoricalDist(_Strict):
+    type: Literal["categorical"]
+    choices: list[str | int | float | bool | None] = Field(min_length=1)
+
+
+Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discriminator="type")]
+
+
+class StudySection(_Strict):
+    name: str | None = None
+    direction: Literal["minimize"] = "minimize"
+    sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
+    sampler_seed: int | None = 0
+    pruner: Literal["none", "median", "successive_halving", "hyperband"] = "median"
+    pruner_warmup_steps: int = Field(0, ge=0)
+    pruner_startup_trials: int = Field(2, ge=0)
+    min_resource: int | None = Field(None, ge=1)
+    reduction_factor: int = Field(3, ge=2)
+    n_trials: int = Field(8, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    concurrency: int = Field(2, ge=1)
+    paused_frees_slot: bool = False
+
+
+class CheckpointSection(_Strict):
+    interval: int | None = Field(None, ge=1, description="steps between periodic checkpoints; None: none")
+    keep: int = Field(2, ge=1)
+    keep_best: bool = True
+
+
+class DeviceSection(_Strict):
+    type: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    threads_per_trial: int = Field(1, ge=1)
+
+
+class Preset(_Strict):
+    """A whole sweep: model, data, fixed params, search space, study, checkpoints, device."""
+
+    name: str
+    description: str = ""
+    model: ModelSection
+    data: DataSection
+    params: TrialParams
+    search: dict[str, Distribution] = Field(default_factory=dict)
+    study: StudySection = Field(default_factory=StudySection)
+    checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
+    device: DeviceSection = Field(default_factory=DeviceSection)
+
+    @model_validator(mode="after")
+    def _search_names(self) -> Preset:
+        for key in self.search:
+            if key not in PARAM_NAMES:
+                raise ValueError(f"search.{key}: unknown hyperparameter{_did_you_mean(key, PARAM_NAMES)}")
+        return self
+
+    @property
+    def study_name(self) -> str:
+        return self.study.name or self.name
+
+    # -- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Preset:
+        """Read a TOML preset, apply `key=value` overrides, validate; raise PresetError naming file+field."""
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PresetError(f"{path}: preset file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise PresetError(f"{path}: malformed TOML: {e}") from None
+        return cls.from_dict(raw, source=str(path), overrides=overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<preset>", overrides: list[str] | None = None) -> Preset:
+        raw = apply_overrides(raw, overrides or [], source)
+        try:
+            preset = cls.model_validate(raw)
+        except ValidationError as e:
+            raise PresetError("\n".join(_format_errors(e, source))) from None
+        preset.check_paths(source)
+        return preset
+
+    def check_paths(self, source: str) -> None:
+        """Missing local model dirs or data files are errors now, not an hour into the sweep."""
+        problems = []
+        if self.model.name != BUILTIN_MODEL and _looks_local(self.model.name) and not Path(self.model.name).exists():
+            problems.append(f"{source}: model.name: path does not exist: {self.model.name}")
+        for fld in ("train", "eval"):
+            value = getattr(self.data, fld)
+            if value and value != BUILTIN_DATA and not Path(value).is_file():
+                problems.append(f"{source}: data.{fld}: file does not exist: {value}")
+        if problems:
+            raise PresetError("\n".join(problems))
+
+    def to_toml(self) -> str:
+        return dump_toml(self.model_dump(mode="json", exclude_none=True))
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") != 1 or Path(name).exists()
+
+
+def _did_you_mean(key: str, options: frozenset[str] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _format_errors(err: ValidationError, source: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
+        # Drop pydantic's union branch tags such as 'float' in search.lr.float.low.
+        if len(loc) >= 3 and loc[0] == "search" and loc[2] in ("float", "int", "categorical"):
+            loc.pop(2)
+        field = ".".join(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            options = _fields_at(loc[:-1])
+            lines.append(f"{source}: {field}: unknown key{_did_you_mean(loc[-1], options)}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: {field}: required field is missing")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
+            lines.append(f"{source}: {field}: {e['msg']}{got_s}")
+    return lines
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: Any = Preset
+    for part in loc:
+        fld = getattr(model, "model_fields", {}).get(part)
+        if fld is None:
+            return []
+        model = fld.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+# -- overrides ---------------------------------------------------------------------------------
+def parse_value(text: str) -> Any:
+    """A `--set` value is read as a TOML value when it parses as one, else as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise PresetError(f"--set {item!r}: expected key=value (e.g. params.learning_rate=3e-4)")
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise PresetError(f"--set {item!r}: {part} is not a table")
+            node = child
+        node[parts[-1]] = parse_value(value.strip())
+    return raw
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for resolved presets (tables of scalars, lists and inline tables)."""
+    out: list[str] = []
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(scalar(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
+        return repr(v)
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        plain = {k: v for k, v in d.items() if not isinstance(v, dict) or prefix == "search"}
+        if prefix:
+            out.append(f"\n[{prefix}]")
+        out.extend(f"{_key(k)} = {scalar(v)}" for k, v in plain.items())
+        for k, v in d.items():
+            if isinstance(v, dict) and prefix != "search":
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(out).lstrip() + "\n"
+
+
+def _key(k: str) -> str:
+    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
+
+
+def resolve_preset_path(name_or_path: str) -> Path:
+    """A path to a TOML file, or the name of a file in ./presets or the bundled presets dir."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    stem = p.name.removesuffix(".toml")
+    for d in (Path.cwd() / "presets", PRESETS_DIR):
+        cand = d / f"{stem}.toml"
+        if cand.is_file():
+            return cand
+    known = sorted(f.stem for f in PRESETS_DIR.glob("*.toml"))
+    raise PresetError(f"preset not found: {name_or_path}{_did_you_mean(stem, known)} (bundled: {', '.join(known)})")

@@ -1,0 +1,131 @@
+"""Atomic checkpoints: weights in peft/transformers' standard format plus optimizer, step, data position, RNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from tui_tuner.training.finetune import FineTune
+
+STATE_FILE = "trainer_state.pt"
+INFO_FILE = "checkpoint.json"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    step: int
+    path: Path
+    eval_loss: float | None
+    time: float
+
+
+def checkpoint_dir(trial_dir: Path, step: int) -> Path:
+    return trial_dir / "checkpoints" / f"step-{step}"
+
+
+def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> CheckpointInfo:
+    """Write to a temp dir and rename into place: a crash leaves a stray temp dir, never a half checkpoint."""
+    final = checkpoint_dir(trial_dir, ft.step_count)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-step-{ft.step_count}-"))
+    try:
+        # peft writes adapter_model.safetensors + adapter_config.json; full models write model.safetensors.
+        ft.model.save_pretrained(tmp)
+        state = {
+            "step": ft.step_count,
+            "optimizer": ft.optimizer.state_dict(),
+            "scaler": ft.scaler.state_dict() if ft.scaler else None,
+            "data": ft.stream.state(),
+            "params": ft.params.model_dump(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+            },
+        }
+        torch.save(state, tmp / STATE_FILE)
+        info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method}
+        (tmp / INFO_FILE).write_text(json.dumps(info))
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step (e.g. on demand after a periodic one)
+            old = final.with_name(final.name + ".old")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CheckpointInfo(ft.step_count, final, eval_loss, info["time"])
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def load_state(ckpt: Path) -> dict[str, Any]:
+    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
+    """Load adapter/weights, optimizer, step and data position into a freshly built FineTune of the same shape.
+
+    Hyperparameters are re-applied afterwards (`ft.apply_params`) because optimizer.load_state_dict
+    brings back the saved LR, betas and weight decay."""
+    state = load_state(ckpt)
+    if ft.method == "lora":
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = load_file(str(ckpt / "adapter_model.safetensors"), device=str(ft.device))
+        result = set_peft_model_state_dict(ft.model, weights)
+        if getattr(result, "unexpected_keys", None):
+            raise ValueError(f"{ckpt}: adapter does not fit the model: {result.unexpected_keys[:3]}")
+    ft.optimizer.load_state_dict(state["optimizer"])
+    if ft.scaler and state.get("scaler"):
+        ft.scaler.load_state_dict(state["scaler"])
+    ft.step_count = state["step"]
+    ft.stream.restore(state["data"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    ft.apply_params(ft.params)
+    return state
+
+
+def list_checkpoints(trial_dir: Path) -> list[CheckpointInfo]:
+    root = trial_dir / "checkpoints"
+    out = []
+    if root.is_dir():
+        for d in root.iterdir():
+            info_file = d / INFO_FILE
+            if d.name.startswith("step-") and not d.name.endswith(".old") and info_file.is_file():
+                info = json.loads(info_file.read_text())
+                out.append(CheckpointInfo(info["step"], d, info.get("eval_loss"), info["time"]))
+    return sorted(out, key=lambda c: c.step)
+
+
+def prune_checkpoints(trial_dir: Path, keep: int, keep_best: bool) -> None:
+    """Keep the last `keep` checkpoints and, optionally, the one with the best eval loss."""
+    ckpts = list_checkpoints(trial_dir)
+    keep_set = {c.step for c in ckpts[-keep:]}
+    scored = [c for c in ckpts if c.eval_loss is not None]
+    if keep_best and scored:
+        keep_set.add(min(scored, key=lambda c: c.eval_loss).step)
+    for c in ckpts:
+        if c.step not in keep_set:
+            shutil.rmtree(c.path, ignore_errors=True)

@@ -1,0 +1,164 @@
+"""JSONL datasets (text, prompt/completion, chat), the built-in synthetic task, tokenising and batching."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUILTIN_DATA = "builtin:progressions"
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]
+    prompt_len: int  # tokens [0, prompt_len) are prompt: weighted by prompt_loss_weight
+
+
+def progressions(n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Arithmetic progressions mod 100 as prompt/completion pairs: learnable by a tiny model in ~100s of steps."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, d = rng.randrange(100), rng.randrange(1, 10)
+        seq = [(a + i * d) % 100 for i in range(10)]
+        rows.append({"prompt": f"{a}+{d}:", "completion": " " + " ".join(map(str, seq))})
+    return rows
+
+
+def load_records(path: str) -> list[dict[str, Any]]:
+    if path == BUILTIN_DATA:
+        return progressions(2000)
+    rows = []
+    with Path(path).open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{i}: each line must be a JSON object")
+            rows.append(row)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return rows
+
+
+def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str:
+    if declared != "auto":
+        return declared
+    keys = set(rows[0])
+    if "messages" in keys:
+        return "chat"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "text" in keys:
+        return "text"
+    raise DataError(f"{source}: cannot tell the format from keys {sorted(keys)}: need text, prompt/completion or messages")
+
+
+def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: int, source: str) -> list[Example]:
+    """Token ids plus the prompt length; an EOS ends each example so the model learns to stop."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for i, row in enumerate(rows, 1):
+        try:
+            prompt, completion = _split(row, fmt, tokenizer)
+        except KeyError as e:
+            raise DataError(f"{source}: record {i}: missing key {e} for format {fmt}") from None
+        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+        c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+        ids = (p_ids + c_ids)[:max_length]
+        if len(ids) >= 2:
+            out.append(Example(ids, min(len(p_ids), len(ids))))
+    if not out:
+        raise DataError(f"{source}: no usable examples after tokenising")
+    return out
+
+
+def _split(row: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[str, str]:
+    if fmt == "text":
+        return "", row["text"]
+    if fmt == "prompt_completion":
+        return row["prompt"], row["completion"]
+    messages = row["messages"]
+    if messages[-1].get("role") != "assistant":
+        # No final answer to isolate: train on the whole rendered conversation.
+        return "", tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    return prompt, full[len(prompt):] if full.startswith(prompt) else messages[-1]["content"]
+
+
+def train_eval_split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(examples) * eval_fraction))
+    return [examples[i] for i in order[n_eval:]], [examples[i] for i in order[:n_eval]]
+
+
+def default_batch_size(n_train: int) -> int:
+    """About 0.2 % of the training examples, at least 1 and at most 256."""
+    return max(1, min(256, round(0.002 * n_train)))
+
+
+def collate(batch: list[Example], pad_id: int, prompt_weight: float) -> dict[str, torch.Tensor]:
+    """Right-padded ids, attention mask, and per-token loss weights aligned with the shifted targets."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    weights = torch.zeros((len(batch), width), dtype=torch.float32)
+    for row, e in enumerate(batch):
+        n = len(e.ids)
+        ids[row, :n] = torch.tensor(e.ids)
+        mask[row, :n] = 1
+        weights[row, :n] = 1.0
+        weights[row, : e.prompt_len] = prompt_weight
+    # weights[:, t] applies to predicting token t from tokens < t; token 0 is never a target.
+    weights[:, 0] = 0.0
+    return {"input_ids": ids, "attention_mask": mask, "weights": weights}
+
+
+class BatchStream:
+    """Deterministic micro-batches: epoch e uses a permutation seeded by (seed, e); the position is
+    (epoch, examples consumed), so a fork may change the batch size and still continue where it was."""
+
+    def __init__(self, examples: list[Example], batch_size: int, seed: int, pad_id: int, prompt_weight: float):
+        self.examples, self.batch_size, self.seed = examples, batch_size, seed
+        self.pad_id, self.prompt_weight = pad_id, prompt_weight
+        self.epoch, self.offset = 0, 0
+        self._perm = self._permutation(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.examples) / self.batch_size)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.examples), generator=g).tolist()
+
+    def next(self) -> dict[str, torch.Tensor]:
+        if self.offset >= len(self.examples):
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        batch = [self.examples[i] for i in self._perm[self.offset : self.offset + self.batch_size]]
+        self.offset += self.batch_size
+        return collate(batch, self.pad_id, self.prompt_weight)
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = state["epoch"], state["offset"]
+        self._perm = self._permutation(self.epoch)

@@ -1,0 +1,190 @@
+"""One trial's fine-tune: a step at a time, so whoever drives it can pause, kill or checkpoint between steps."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+import torch
+import torch.nn.functional as F
+
+from tui_tuner.params import TrialParams
+from tui_tuner.training import data as D
+from tui_tuner.training.model import autocast_dtype, build_model, load_tokenizer, pick_device
+from tui_tuner.training.schedules import lr_factor
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    step_time: float
+    mem_bytes: int
+
+
+@dataclass
+class DataBundle:
+    """Tokenised train/eval examples, shared read-only by every trial of a sweep."""
+
+    train: list[D.Example]
+    eval: list[D.Example]
+    pad_id: int
+
+
+def prepare_data(model_name: str, data_cfg: Any, trust_remote_code: bool = False) -> tuple[Any, DataBundle]:
+    tok = load_tokenizer(model_name, trust_remote_code)
+    rows = D.load_records(data_cfg.train)
+    fmt = D.detect_format(rows, data_cfg.format, data_cfg.train)
+    examples = D.tokenize(rows, fmt, tok, data_cfg.max_length, data_cfg.train)
+    if data_cfg.eval:
+        eval_rows = D.load_records(data_cfg.eval)
+        eval_fmt = D.detect_format(eval_rows, data_cfg.format, data_cfg.eval)
+        train, ev = examples, D.tokenize(eval_rows, eval_fmt, tok, data_cfg.max_length, data_cfg.eval)
+    else:
+        train, ev = D.train_eval_split(examples, data_cfg.eval_fraction, data_cfg.split_seed)
+    return tok, DataBundle(train, ev, tok.pad_token_id)
+
+
+def resolved_batch_size(params: TrialParams, n_train: int) -> int:
+    return params.batch_size or D.default_batch_size(n_train)
+
+
+def total_steps(params: TrialParams, n_train: int) -> int:
+    if params.max_steps is not None:
+        return params.max_steps
+    per_epoch = math.ceil(n_train / (resolved_batch_size(params, n_train) * params.grad_accum))
+    return max(1, math.ceil(per_epoch * (params.epochs or 1)))
+
+
+class FineTune:
+    """Model, optimizer and data stream of one trial; `step()` makes one optimizer update."""
+
+    def __init__(
+        self, model_name: str, method: str, params: TrialParams, data: DataBundle,
+        device: str = "auto", precision: str = "auto", weights_dir: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        self.params, self.data, self.method = params, data, method
+        self.device = pick_device(device)
+        self.amp_dtype = autocast_dtype(precision, self.device)
+        self.model = build_model(model_name, method, params, self.device, weights_dir, trust_remote_code)
+        self.model.train()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=params.learning_rate)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.step_count = 0
+        self.batch_size = resolved_batch_size(params, len(data.train))
+        self.stream = D.BatchStream(data.train, self.batch_size, params.seed, data.pad_id, params.prompt_loss_weight)
+        self.total_steps = total_steps(params, len(data.train))
+        self._proc = psutil.Process()
+        self.apply_params(params)
+
+    # -- hyperparameters ---------------------------------------------------------------------
+    def apply_params(self, params: TrialParams) -> None:
+        """(Re)apply every hyperparameter that lives outside the weights: used at start and after a fork."""
+        self.params = params
+        for g in self.optimizer.param_groups:
+            g["betas"] = (params.adam_beta1, params.adam_beta2)
+            g["eps"] = params.adam_epsilon
+            g["weight_decay"] = params.weight_decay
+        for name, mod in self.model.named_modules():
+            if "lora_dropout" in name and isinstance(mod, torch.nn.Dropout):
+                mod.p = params.lora_dropout
+        self.batch_size = resolved_batch_size(params, len(self.data.train))
+        self.stream.batch_size = self.batch_size
+        self.stream.prompt_weight = params.prompt_loss_weight
+        self.total_steps = total_steps(params, len(self.data.train))
+        self._set_lr()
+
+    def current_lr(self) -> float:
+        return self.params.learning_rate * lr_factor(self.step_count, self.params, self.total_steps)
+
+    def _set_lr(self) -> None:
+        lr = self.current_lr()
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    # -- training ------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted token cross-entropy: (sum of weighted losses, sum of weights)."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        with ctx:
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        weights = batch["weights"][:, 1:]
+        per_tok = F.cross_entropy(
+            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none", label_smoothing=smoothing
+        ).view_as(weights)
+        return (per_tok * weights).sum(), weights.sum()
+
+    def step(self) -> StepMetrics:
+        t0 = time.perf_counter()
+        self._set_lr()
+        lr = self.optimizer.param_groups[0]["lr"]
+        micro = [self.stream.next() for _ in range(self.params.grad_accum)]
+        denom = sum(float(b["weights"][:, 1:].sum()) for b in micro) or 1.0
+        total, tokens = 0.0, 0
+        for batch in micro:
+            num, _ = self._loss(batch, self.params.label_smoothing)
+            loss = num / denom
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += float(loss.detach())
+            tokens += int(batch["attention_mask"].sum())
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.params.max_grad_value is not None:
+            torch.nn.utils.clip_grad_value_(self.trainable, self.params.max_grad_value)
+        max_norm = self.params.max_grad_norm if self.params.max_grad_norm is not None else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        dt = time.perf_counter() - t0
+        return StepMetrics(self.step_count, total, lr, grad_norm, tokens / dt if dt > 0 else 0.0, dt, self.memory())
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean token loss over the eval set (completion-weighted like training, no label smoothing)."""
+        self.model.eval()
+        num = den = 0.0
+        examples = self.data.eval
+        limit = self.params.eval_batches
+        bs = self.batch_size
+        for i, lo in enumerate(range(0, len(examples), bs)):
+            if limit is not None and i >= limit:
+                break
+            batch = D.collate(examples[lo : lo + bs], self.data.pad_id, self.params.prompt_loss_weight)
+            n, d = self._loss(batch, 0.0)
+            num, den = num + float(n), den + float(d)
+        self.model.train()
+        return num / den if den else math.nan
+
+    def memory(self) -> int:
+        """CUDA: peak bytes allocated on this trial's device; CPU: the process's resident set size."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return int(self._proc.memory_info().rss)
+
+    @property
+    def done(self) -> bool:
+        return self.step_count >= self.total_steps
+
+    def close(self) -> None:
+        """Drop tensors now rather than at GC time: other trials want the GPU memory."""
+        self.model = self.optimizer = self.trainable = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+

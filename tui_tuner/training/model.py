@@ -1,0 +1,157 @@
+"""Model and tokenizer loading through transformers' from_pretrained, LoRA via peft, the built-in tiny model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tui_tuner.params import TrialParams
+
+BUILTIN_MODEL = "builtin:tiny-llama"
+# peft's LoRA init and dropout layers draw from torch's global RNG: build one model at a time, seeded.
+_BUILD_LOCK = threading.Lock()
+
+
+class ModelError(ValueError):
+    """A model or tokenizer that cannot be loaded; one line naming it."""
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TUI_TUNER_CACHE", Path.home() / ".cache" / "tui-tuner"))
+
+
+def builtin_model_dir() -> Path:
+    """A ~130k-parameter Llama with a byte-level tokenizer, random init (seed 0), saved once with save_pretrained."""
+    from transformers import ByT5Tokenizer, LlamaConfig, LlamaForCausalLM
+
+    target = cache_dir() / "tiny-llama-v2"
+    if (target / "config.json").is_file():
+        return target
+    _quiet_transformers()
+    tok = ByT5Tokenizer()
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
+        tie_word_embeddings=False, initializer_range=0.2,  # 0.02 leaves LoRA on a random model near-frozen
+    )
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(cfg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-llama-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str) -> str:
+    return str(builtin_model_dir()) if name == BUILTIN_MODEL else name
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load tokenizer for {name!r}: {_first_line(e)}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pick_device(kind: str) -> torch.device:
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ModelError("device.type = 'cuda' but no CUDA device is available")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16/fp16 autocast on CUDA only; 'auto' picks bf16 where the GPU supports it."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def build_model(
+    name: str, method: str, params: TrialParams, device: torch.device,
+    weights_dir: str | None = None, trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """Base model (or a full fine-tune's checkpoint) plus LoRA adapters, seeded with the trial's seed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    _quiet_transformers()
+    source = weights_dir or resolve_model_path(name)
+    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(params.seed)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load model {name!r}: {_first_line(e)}") from None
+        if method == "lora":
+            cfg = LoraConfig(
+                r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                target_modules=params.target_modules(), task_type="CAUSAL_LM",
+            )
+            try:
+                model = get_peft_model(model, cfg)
+            except ValueError as e:
+                raise ModelError(f"LoRA on {name!r}: {_first_line(e)}") from None
+        else:
+            freeze_layers(model, params.freeze_layers)
+    return model.to(device)
+
+
+def freeze_layers(model: torch.nn.Module, n: int) -> None:
+    """Freeze the embeddings' neighbours: the first `n` transformer blocks (full fine-tunes)."""
+    if n <= 0:
+        return
+    layers = _decoder_layers(model)
+    if n > len(layers):
+        raise ModelError(f"freeze_layers = {n} but the model has {len(layers)} layers")
+    for layer in layers[:n]:
+        for p in layer.parameters():
+            p.requires_grad_(False)
+
+
+def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) and "layer" in type(mod[0]).__name__.lower():
+            return mod
+    for _, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList):
+            return mod
+    raise ModelError("cannot find the transformer layers to freeze")
+
+
+def dropout_modules(model: torch.nn.Module) -> list[torch.nn.Dropout]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
