@@ -48,7 +48,7 @@ def grid_space(preset: Preset) -> dict[str, list[Any]]:
         elif isinstance(d, IntDist):
             grid[name] = list(range(d.low, d.high + 1, d.step))
         elif d.step is not None:
-            n = int(math.floor((d.high - d.low) / d.step + 1e-9))
+            n = math.floor((d.high - d.low) / d.step + 1e-9)
             grid[name] = [d.low + i * d.step for i in range(n + 1)]
         else:
             raise ValueError(f"search.{name}: the grid sampler needs 'step' on float ranges")
