@@ -65,6 +65,7 @@ class TrialRun:
     has_report: bool = False
     ft: FineTune | None = None
     runner: Any = None
+    told: bool = False
 
     def snapshot(self) -> TrialSnapshot:
         last = self.last
@@ -108,6 +109,8 @@ class TrialRunner:
         except Exception as e:  # a failing trial must not take the sweep down
             self._finish_failed(e)
         finally:
+            if run.active:  # a handler itself failed: never leave the trial looking alive
+                run.state, run.finished_at = "fail", time.time()
             if run.ft is not None:
                 run.ft.close()
                 run.ft = None
@@ -221,9 +224,10 @@ class TrialRunner:
                 self.sweep.study.tell(trial, value, skip_if_finished=True)
             else:
                 self.sweep.study.tell(trial, state=state, skip_if_finished=True)
+        self.run.told = True
 
     def _set_attrs(self, **attrs: Any) -> None:
-        if self.run.trial is None:
+        if self.run.trial is None or self.run.told:
             return
         with self.sweep.study_lock:
             for k, v in attrs.items():

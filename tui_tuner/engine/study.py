@@ -32,7 +32,7 @@ def make_sampler(preset: Preset) -> optuna.samplers.BaseSampler:
         case "random":
             return optuna.samplers.RandomSampler(seed=s.sampler_seed)
         case "grid":
-            return optuna.samplers.GridSampler(grid_space(preset), seed=s.sampler_seed)
+            return _GridSampler(grid_space(preset), seed=s.sampler_seed)
         case "gp":
             return optuna.samplers.GPSampler(seed=s.sampler_seed)
         case "cmaes":
@@ -90,3 +90,11 @@ def _suggest(trial: optuna.Trial, name: str, d: FloatDist | IntDist | Categorica
     if isinstance(d, IntDist):
         return trial.suggest_int(name, d.low, d.high, log=d.log, step=d.step)
     return trial.suggest_categorical(name, d.choices)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler calls study.stop() once the grid is covered, which raises outside optimize(); the
+    scheduler's trial budget ends the sweep instead."""
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any) -> None:
+        return None

@@ -231,6 +231,10 @@ class Sweep:
     def _enqueue(self, values: TrialParams, attrs: dict[str, Any],
                  copy_checkpoint: ckpt.CheckpointInfo | None = None) -> int:
         searched = {k: getattr(values, k) for k in self.preset.search}
+        for k, dist in self.preset.search.items():
+            choices = getattr(dist, "choices", None)
+            if choices is not None and searched[k] not in choices:
+                raise SweepError(f"{k}: {searched[k]!r} is not one of the searched choices {choices}")
         defaults = self.preset.params.model_dump()
         attrs["overrides"] = {k: v for k, v in values.model_dump().items()
                               if k not in self.preset.search and v != defaults[k]}

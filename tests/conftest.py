@@ -1,0 +1,55 @@
+"""Shared fixtures: a session-wide model cache and tiny real sweeps."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_CACHE = Path(os.environ.setdefault("TUI_TUNER_CACHE", str(Path(__file__).parent.parent / ".cache-test")))
+
+
+def tiny_preset_dict(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A real preset for tests: the built-in tiny Llama + LoRA, short sequences, small evals."""
+    base: dict[str, Any] = {
+        "name": "test",
+        "model": {"name": "builtin:tiny-llama"},
+        "data": {"train": "builtin:progressions", "max_length": 40},
+        "params": {"max_steps": 40, "eval_interval": 10, "batch_size": 8, "eval_batches": 2,
+                   "learning_rate": 3e-3, "lora_r": 4},
+        "search": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "study": {"n_trials": 2, "concurrency": 2, "pruner": "none"},
+        "checkpoints": {"interval": 10, "keep": 10},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) and key != "search" else value
+    return base
+
+
+@pytest.fixture
+def make_sweep(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    from tui_tuner import Preset, Sweep
+
+    sweeps: list[Sweep] = []
+
+    def factory(run_dir: Path | None = None, **sections: dict[str, Any]) -> Sweep:
+        sweep = Sweep(Preset.from_dict(tiny_preset_dict(**sections)), run_dir or tmp_path / "run")
+        sweeps.append(sweep)
+        return sweep
+
+    yield factory
+    for s in sweeps:
+        s.stop(timeout=60)
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

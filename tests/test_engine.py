@@ -1,0 +1,170 @@
+"""The sweep engine against real tiny fine-tunes: control commands, concurrency, failures, the journal."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import wait_for
+from tui_tuner import SweepError
+
+LONG = {"max_steps": 5000}
+
+
+def _study(sweep) -> optuna.Study:
+    return optuna.load_study(study_name=sweep.preset.study_name, storage=sweep.study._storage)
+
+
+def test_pause_stops_the_step_counter_and_resume_continues(make_sweep):
+    sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 3, what="trial 0 stepping")
+    sweep.pause(0)
+    wait_for(lambda: sweep.trial(0).state == "paused", what="pause acknowledged")
+    held = sweep.trial(0).step
+    time.sleep(0.6)
+    assert sweep.trial(0).step == held
+    sweep.resume(0)
+    wait_for(lambda: sweep.trial(0).step > held + 3, what="steps after resume")
+    assert sweep.trial(0).state == "running"
+
+
+def test_kill_is_pruned_with_user_attrs_and_visible_to_the_sampler(make_sweep):
+    sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 3, what="trial 0 stepping")
+    sweep.kill(0)
+    wait_for(lambda: sweep.trial(0).state == "pruned", what="kill")
+    t = _study(sweep).trials[0]
+    assert t.state == TrialState.PRUNED
+    assert t.user_attrs["stopped_by_user"] is True
+    assert t.user_attrs["stopped_at_step"] == sweep.trial(0).step
+    # TPE ranks pruned trials by their last intermediate value: the kill must leave one.
+    assert t.intermediate_values and t.last_step == sweep.trial(0).step
+    pairs = [x for x in _study(sweep).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))]
+    assert [x.number for x in pairs] == [0]
+    with pytest.raises(SweepError, match="not running"):
+        sweep.pause(0)
+
+
+def test_enqueue_runs_the_given_params_next(make_sweep):
+    sweep = make_sweep(params=LONG, study={"n_trials": 3, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 1, what="trial 0")
+    n = sweep.enqueue({"learning_rate": 0.00123, "max_steps": 12})
+    assert n == 1
+    sweep.kill(0)
+    wait_for(lambda: sweep.trial(1).state == "complete" if 1 in {t.number for t in sweep.trials()
+                                                               if t.state != "waiting"} else False,
+             what="enqueued trial to finish")
+    t = _study(sweep).trials[1]
+    assert t.params["learning_rate"] == pytest.approx(0.00123)
+    assert t.user_attrs["origin"] == "enqueue"
+    assert sweep.trial(1).step == 12  # the fixed-param override took effect too
+
+
+def test_concurrency_is_never_exceeded_and_can_be_raised(make_sweep):
+    sweep = make_sweep(params={"max_steps": 25}, study={"n_trials": 5, "concurrency": 1})
+    running: set[int] = set()
+    peak = [0]
+    lock = threading.Lock()
+
+    def on_event(ev):
+        with lock:
+            if ev.kind == "started":
+                running.add(ev.trial)
+            elif ev.kind in ("complete", "pruned", "failed", "killed", "interrupted"):
+                running.discard(ev.trial)
+            peak[0] = max(peak[0], len(running))
+
+    sweep.start()
+    sweep.subscribe(on_event)
+    wait_for(lambda: len(sweep.trials()) >= 2, what="two trials")
+    assert peak[0] <= 1
+    sweep.set_concurrency(2)
+    assert sweep.wait(120)
+    assert peak[0] <= 2
+    assert [t.state for t in sweep.trials()] == ["complete"] * 5
+
+
+def test_a_trial_that_raises_is_fail_and_the_others_finish(make_sweep):
+    sweep = make_sweep(study={"n_trials": 2, "concurrency": 2}).start()
+    bad = sweep.enqueue({"lora_target_modules": "no_such_module"})
+    assert sweep.wait(120)
+    study = _study(sweep)
+    assert study.trials[bad].state == TrialState.FAIL
+    assert "no_such_module" in study.trials[bad].user_attrs["error"]
+    assert sorted(t.state for t in study.trials if t.number != bad) == [TrialState.COMPLETE] * 2
+    assert (sweep.run_dir / "trials" / str(bad) / "error.log").is_file()
+
+
+def test_stop_leaves_nothing_running_and_journal_reloads(make_sweep, tmp_path):
+    sweep = make_sweep(params=LONG, study={"n_trials": 2, "concurrency": 2}).start()
+    wait_for(lambda: len(sweep.trials()) == 2 and all(t.step > 2 for t in sweep.trials()), what="2 running")
+    sweep.pause(1)
+    sweep.stop()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sweep.run_dir / "optuna.journal")))
+    study = optuna.load_study(study_name="test", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state == TrialState.PRUNED for t in study.trials)
+    assert all(t.user_attrs["interrupted_at_step"] > 0 for t in study.trials)
+
+
+def test_run_dir_files(make_sweep):
+    sweep = make_sweep(study={"n_trials": 1, "concurrency": 1}).start()
+    assert sweep.wait(120)
+    sweep.stop()
+    run = sweep.run_dir
+    assert (run / "preset.toml").is_file() and (run / "optuna.journal").is_file()
+    rows = [json.loads(x) for x in (run / "trials/0/metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 41))
+    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mem_bytes", "time"}
+    assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    kinds = [json.loads(x)["event"] for x in (run / "events.jsonl").read_text().splitlines()]
+    assert "started" in kinds and "complete" in kinds and kinds[-1] == "sweep_stopped"
+
+
+def test_pruner_prunes_a_bad_trial(make_sweep):
+    sweep = make_sweep(params={"max_steps": 60, "eval_interval": 10, "learning_rate": 1e-2},
+                       search={"weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+                       study={"n_trials": 1, "concurrency": 1, "pruner": "median", "pruner_startup_trials": 1})
+    sweep.start()
+    assert sweep.wait(120)
+    bad = sweep.enqueue({"learning_rate": 1e-6})
+    time.sleep(0.1)
+    assert sweep.wait(120)
+    assert sweep.trial(0).state == "complete"
+    assert sweep.trial(bad).state == "pruned" and sweep.trial(bad).step == 10
+    assert not sweep.trial(bad).stopped_by_user
+
+
+def test_enqueue_rejects_bad_params_in_one_line(make_sweep):
+    sweep = make_sweep(search={"lora_alpha": {"type": "categorical", "choices": [8, 16]}}).start()
+    with pytest.raises(SweepError, match="lora_alpha"):
+        sweep.enqueue({"lora_alpha": 3})
+    with pytest.raises(SweepError, match="learning_rate"):
+        sweep.enqueue({"learning_rate": -1})
+    with pytest.raises(SweepError, match="unknown"):
+        sweep.enqueue({"learning_rat": 1e-3})
+
+
+def test_engine_and_training_never_import_textual():
+    root = Path(__file__).parent.parent / "tui_tuner"
+    for pkg in ("engine", "training"):
+        for f in (root / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(f.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not any(n.split(".")[0] in ("textual", "tui_tuner") and ("ui" in n.split(".")[1:2]
+                               or n.startswith("textual")) for n in names), f"{f} imports {names}"
+    code = "import sys, tui_tuner, tui_tuner.engine.sweep, tui_tuner.headless; assert 'textual' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,133 @@
+"""The fine-tune loop on its own: learning, hyperparameters acting as they should, schedules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import DataSection
+from tui_tuner.training.data import collate, tokenize
+from tui_tuner.training.finetune import FineTune, prepare_data
+from tui_tuner.training.schedules import lr_factor
+
+
+@pytest.fixture(scope="module")
+def demo_data():
+    torch.set_num_threads(1)
+    return prepare_data("builtin:tiny-llama", DataSection(train="builtin:progressions", max_length=40))
+
+
+def _params(**kw) -> TrialParams:
+    base = dict(max_steps=150, eval_interval=50, batch_size=16, eval_batches=4, learning_rate=3e-3,
+                warmup_steps=10, lora_r=4)
+    return TrialParams(**{**base, **kw})
+
+
+def _train(data, steps: int, **kw) -> tuple[float, float, FineTune]:
+    ft = FineTune("builtin:tiny-llama", "lora", _params(max_steps=steps, **kw), data)
+    before = ft.evaluate()
+    for _ in range(steps):
+        ft.step()
+    return before, ft.evaluate(), ft
+
+
+def test_loss_falls_on_demo_task_and_lr_matters(demo_data):
+    _, data = demo_data
+    before, after_good, _ = _train(data, 150, learning_rate=1e-2)
+    _, after_tiny_lr, _ = _train(data, 150, learning_rate=1e-5)
+    assert after_good < before - 2.0, (before, after_good)
+    assert after_tiny_lr > after_good + 1.0, (after_tiny_lr, after_good)
+
+
+def test_prompt_loss_weight_zero_gives_no_gradient_from_prompt_tokens(demo_data):
+    tok, _ = demo_data
+    ex = tokenize([{"prompt": "12+3:", "completion": " 12 15 18"}], "prompt_completion", tok, 40, "x")
+    batch = collate(ex, tok.pad_token_id, prompt_weight=0.0)
+    plen = ex[0].prompt_len
+    # Targets 1..plen-1 are prompt tokens: their weight is 0; completion targets weigh 1.
+    assert batch["weights"][0, 1:plen].abs().sum() == 0
+    assert (batch["weights"][0, plen : len(ex[0].ids)] == 1).all()
+    full = collate(ex, tok.pad_token_id, prompt_weight=1.0)
+    assert (full["weights"][0, 1 : len(ex[0].ids)] == 1).all()
+
+
+def test_prompt_loss_weight_zero_means_prompt_logits_get_zero_grad(demo_data):
+    tok, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(prompt_loss_weight=0.0), data)
+    ex = tokenize([{"prompt": "12+3:", "completion": " 12 15"}], "prompt_completion", tok, 40, "x")
+    batch = collate(ex, tok.pad_token_id, 0.0)
+    logits_holder = {}
+
+    def hook(_m, _i, out):
+        out.logits.retain_grad()
+        logits_holder["l"] = out.logits
+
+    h = ft.model.register_forward_hook(hook)
+    num, den = ft._loss(batch, 0.0)
+    (num / den).backward()
+    h.remove()
+    g = logits_holder["l"].grad[0]
+    plen = ex[0].prompt_len
+    # Logit row t predicts token t+1: rows before plen-1 predict prompt tokens and must get no gradient.
+    assert g[: plen - 1].abs().sum() == 0
+    assert g[plen - 1 : len(ex[0].ids) - 1].abs().sum() > 0
+
+
+def test_clip_by_value_bounds_every_gradient_element(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(max_grad_value=1e-4, max_grad_norm=None,
+                                                         learning_rate=0.0 + 1e-9), data)
+    seen = []
+    orig = ft.optimizer.step
+
+    def spy(*a, **k):
+        seen.append(max(float(p.grad.abs().max()) for p in ft.trainable if p.grad is not None))
+        return orig(*a, **k)
+
+    ft.optimizer.step = spy
+    ft.step()
+    assert seen and seen[0] <= 1e-4 + 1e-12
+
+
+def test_frozen_layers_keep_their_weights(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "full", _params(freeze_layers=1, learning_rate=1e-2), data)
+    layers = ft.model.model.layers
+    before0 = [p.detach().clone() for p in layers[0].parameters()]
+    before1 = [p.detach().clone() for p in layers[1].parameters()]
+    for _ in range(3):
+        ft.step()
+    assert all(torch.equal(a, b) for a, b in zip(before0, layers[0].parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before1, layers[1].parameters(), strict=True))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"])
+def test_schedules_warm_up_then_stay_within_peak(schedule):
+    p = TrialParams(max_steps=100, warmup_steps=10, schedule=schedule, cycle_steps=30, learning_rate=1.0)
+    f = [lr_factor(s, p, 100) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(0.0 <= x <= 1.0 + 1e-9 for x in f)
+    if schedule in ("linear", "cosine", "wsd"):
+        assert f[-1] < 0.05
+
+
+def test_wsd_is_flat_then_decays():
+    p = TrialParams(max_steps=100, warmup_steps=0, schedule="wsd", decay_fraction=0.2, learning_rate=1.0)
+    f = [lr_factor(s, p, 100) for s in range(100)]
+    assert all(x == 1.0 for x in f[:80]) and f[80] < 1.0 and f[99] == pytest.approx(0.0)
+
+
+def test_default_batch_size_rule(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(batch_size=None), data)
+    assert ft.batch_size == max(1, min(256, round(0.002 * len(data.train))))
+
+
+def test_eval_loss_is_finite_and_deterministic(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(), data)
+    a, b = ft.evaluate(), ft.evaluate()
+    assert math.isfinite(a) and a == b

@@ -1,0 +1,370 @@
+"""The tui-tuner app: status line, trials table, Loss/LR/System/Events panels, keys that drive the Sweep."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Container
+from textual.events import Resize
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Tab, Tabs
+
+from tui_tuner.engine.events import Event
+from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.sweep import SweepError
+from tui_tuner.ui.charts import LossChart, LrChart
+from tui_tuner.ui.detail import TrialDetailScreen
+from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, editable_params
+from tui_tuner.ui.event_log import EventLogPanel
+from tui_tuner.ui.help import HelpScreen
+from tui_tuner.ui.messages import CommandDone, EngineEvent
+from tui_tuner.ui.source import SweepSource, SystemSource
+from tui_tuner.ui.status_line import StatusLine
+from tui_tuner.ui.system_panel import SystemPanel
+from tui_tuner.ui.trials_table import TrialsTable
+
+PANELS = ("loss", "lr", "system", "events")
+DEBOUNCE_S = 0.3
+WIDE = (140, 40)  # from this size on, all panels show at once instead of as tabs
+
+
+class TuiTunerApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-tuner"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("p", "pause_resume", "Pause/resume", id="pause"),
+        Binding("k", "kill", "Kill", id="kill"),
+        Binding("f", "fork", "Fork", id="fork"),
+        Binding("n", "new_trial", "New", id="new"),
+        Binding("+", "concurrency(1)", "Conc+", id="concurrency.up"),
+        Binding("-", "concurrency(-1)", "Conc-", id="concurrency.down"),
+        Binding("s", "sort", "Sort", id="sort"),
+        Binding("l", "log_y", "Log y", id="log_y"),
+        Binding("enter", "detail", "Detail", id="detail", show=False),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("q", "quit", "Quit", id="quit"),
+        *(Binding(str(i + 1), f"panel('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
+          for i, p in enumerate(PANELS)),
+    ]
+
+    def __init__(self, source: SweepSource, system: SystemSource | None = None, refresh_s: float = 0.4,
+                 live: bool = True) -> None:
+        super().__init__()
+        self.source = source
+        self.system = system
+        self.refresh_s = refresh_s
+        self.live = live  # False: no timer (snapshot tests and benchmarks drive refresh_view themselves)
+        self.log_y = False
+        self.panel = "loss"
+        self.snap: SweepSnapshot | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self._accepting = False
+        self._last_key: dict[str, float] = {}
+        self._chart_sigs: dict[str, object] = {}
+        self._stopping = False
+
+    # -- layout --------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusLine(id="status")
+        yield TrialsTable(id="trials")
+        yield Tabs(*(Tab(p.capitalize() if p != "lr" else "LR", id=f"tab-{p}") for p in PANELS), id="panel-tabs")
+        with Container(id="panels"):
+            yield LossChart(id="panel-loss", classes="panel -active")
+            yield LrChart(id="panel-lr", classes="panel")
+            yield SystemPanel(id="panel-system", classes="panel")
+            yield EventLogPanel(id="panel-events", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._accepting = True
+        self._unsubscribe = self.source.subscribe(self._engine_callback)
+        self.snap = self.source.snapshot()
+        log = self.query_one(EventLogPanel)
+        log.started_at = self.snap.started_at
+        for ev in self.source.events_since(0):
+            log.add(ev)
+        self._apply_size(self.size.width, self.size.height)
+        self.query_one(TrialsTable).focus()
+        self.refresh_view()
+        if self.live:
+            self.set_interval(self.refresh_s, self.refresh_view)
+
+    def on_resize(self, event: Resize) -> None:
+        self._apply_size(event.size.width, event.size.height)
+
+    def _apply_size(self, width: int, height: int) -> None:
+        self.screen.set_class(width >= WIDE[0] and height >= WIDE[1], "-wide")
+
+    @property
+    def wide(self) -> bool:
+        return self.screen.has_class("-wide")
+
+    def panel_visible(self, name: str) -> bool:
+        return self.wide or self.panel == name
+
+    # -- engine link ---------------------------------------------------------------------------
+    def _engine_callback(self, ev: Event) -> None:
+        """Runs on an engine thread: only post a message, and not once the app is going away."""
+        if not self._accepting:
+            return
+        try:
+            self.post_message(EngineEvent(ev))
+        except RuntimeError:  # the loop closed under us
+            self._accepting = False
+
+    def detach(self) -> None:
+        """Stop receiving engine events (called before exit; idempotent)."""
+        self._accepting = False
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def on_unmount(self) -> None:
+        self.detach()
+
+    @on(EngineEvent)
+    def _engine_event(self, message: EngineEvent) -> None:
+        self.query_one(EventLogPanel).add(message.event)
+        if message.event.kind != "checkpoint":
+            self.refresh_view()
+
+    # -- refresh -------------------------------------------------------------------------------
+    def refresh_view(self) -> None:
+        """Pull the newest snapshot and redraw what changed; skipped while another screen is on top."""
+        if self.screen is not self.screen_stack[0]:
+            return
+        snap = self.source.snapshot()
+        self.snap = snap
+        with self.batch_update():
+            self.query_one(StatusLine).show(snap)
+            table = self.query_one(TrialsTable)
+            table.show(snap)
+            self._draw_panels(snap, table.selected)
+
+    def _draw_panels(self, snap: SweepSnapshot, selected: int | None) -> None:
+        versions = tuple((t.number, t.version) for t in snap.trials)
+        sel_version = next((t.version for t in snap.trials if t.number == selected), None)
+        if self.panel_visible("loss"):
+            chart = self.query_one(LossChart)
+            sig = (versions, selected, self.log_y, chart.size)
+            if self._chart_sigs.get("loss") != sig:
+                self._chart_sigs["loss"] = sig
+                chart.draw(self.source, snap, selected, self.log_y)
+        if self.panel_visible("lr"):
+            lr = self.query_one(LrChart)
+            sig = (selected, sel_version, lr.size)
+            if self._chart_sigs.get("lr") != sig:
+                self._chart_sigs["lr"] = sig
+                lr.draw(self.source, snap, selected)
+        if self.panel_visible("system"):
+            self.query_one(SystemPanel).show(self.system.latest() if self.system else None, snap)
+
+    @on(DataTable.RowHighlighted)
+    def _row_changed(self) -> None:
+        if self.snap is not None:
+            self._draw_panels(self.snap, self.query_one(TrialsTable).selected)
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self) -> None:
+        self.action_detail()
+
+    @on(Tabs.TabActivated)
+    def _tab_changed(self, event: Tabs.TabActivated) -> None:
+        if event.tab.id:
+            self.action_panel(event.tab.id.removeprefix("tab-"))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _debounced(self, what: str) -> bool:
+        """True if this key repeated within DEBOUNCE_S (a held key must not kill twice)."""
+        now = time.monotonic()
+        last = self._last_key.get(what, -1e9)
+        self._last_key[what] = now
+        return now - last < DEBOUNCE_S
+
+    def selected_trial(self) -> TrialSnapshot | None:
+        n = self.query_one(TrialsTable).selected
+        snap = self.snap or self.source.snapshot()
+        trial = next((t for t in snap.trials if t.number == n), None)
+        if trial is None:
+            self.notify("no trial selected", severity="warning")
+        return trial
+
+    def _command(self, fn: Callable[[], object], done: str) -> None:
+        try:
+            fn()
+        except SweepError as e:
+            self.notify(str(e), severity="error")
+            return
+        self.notify(done)
+        self.refresh_view()
+
+    def _background(self, what: str, fn: Callable[[], object]) -> None:
+        """Run a command that may wait on a trial thread (fork checkpoints first) without blocking the UI."""
+
+        def job() -> None:
+            try:
+                result, error = fn(), None
+            except SweepError as e:
+                result, error = None, str(e)
+            except Exception as e:  # never let a command take the UI down
+                result, error = None, f"{type(e).__name__}: {e}"
+            if self._accepting:
+                with contextlib.suppress(RuntimeError):
+                    self.post_message(CommandDone(what, result, error))
+
+        threading.Thread(target=job, name=f"tui-tuner-{what}", daemon=True).start()
+
+    @on(CommandDone)
+    def _command_done(self, message: CommandDone) -> None:
+        if message.what == "stop":
+            self.exit(0)
+            return
+        if message.error:
+            self.notify(message.error, severity="error")
+        else:
+            self.notify(f"{message.what}: trial #{message.result}")
+        self.refresh_view()
+
+    # -- actions -------------------------------------------------------------------------------
+    def action_pause_resume(self) -> None:
+        if self._debounced("pause") or (t := self.selected_trial()) is None:
+            return
+        if t.state == "paused":
+            self._command(lambda: self.source.resume(t.number), f"trial #{t.number} resumed")
+        else:
+            self._command(lambda: self.source.pause(t.number), f"trial #{t.number} paused")
+
+    def action_kill(self) -> None:
+        if self._debounced("kill") or (t := self.selected_trial()) is None:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._command(lambda: self.source.kill(t.number), f"trial #{t.number}: kill requested")
+
+        self.push_screen(ConfirmScreen(f"Kill trial #{t.number} ({t.state}, step {t.step})?\n"
+                                       "Optuna records it PRUNED (stopped by user)."), answer)
+
+    def _values(self, t: TrialSnapshot | None) -> dict[str, Any]:
+        values = self.source.preset.params.model_dump()
+        if t is not None:
+            values.update(t.params)
+            values.update(t.overrides)
+        return values
+
+    def action_fork(self) -> None:
+        if self._debounced("fork") or (t := self.selected_trial()) is None:
+            return
+        if t.state == "waiting":
+            self.notify(f"trial #{t.number} has not started yet", severity="error")
+            return
+
+        def answer(req: ParamsRequest | None) -> None:
+            if req is not None:
+                self._background("fork", lambda: self.source.fork(t.number, step=req.step, params=req.params))
+
+        self.push_screen(ParamsDialog(
+            f"Fork trial #{t.number} (step {t.step}): the child continues from the checkpoint with these params",
+            self._values(t), editable_params(self.source.preset.search, fork=True), frozenset(), trial=t,
+            confirm_label="Fork"), answer)
+
+    def action_new_trial(self) -> None:
+        if self._debounced("new"):
+            return
+        n = self.query_one(TrialsTable).selected
+        t = next((x for x in self.snap.trials if x.number == n), None) if self.snap else None
+        search = self.source.preset.search
+
+        def answer(req: ParamsRequest | None) -> None:
+            if req is not None:
+                self._background("enqueue", lambda: self.source.enqueue(req.params))
+
+        self.push_screen(ParamsDialog(
+            "New trial: runs next with these params" + (f" (pre-filled from #{t.number})" if t else ""),
+            self._values(t if t is not None and t.params else None), editable_params(search, fork=False),
+            frozenset(search), confirm_label="Enqueue"), answer)
+
+    def action_concurrency(self, delta: int) -> None:
+        if self._debounced(f"concurrency{delta}"):
+            return
+        k = self.source.concurrency + delta
+        self._command(lambda: self.source.set_concurrency(k), f"concurrency {k}")
+
+    def action_sort(self) -> None:
+        label = self.query_one(TrialsTable).cycle_sort()
+        self.notify(f"sorted by {label}", timeout=1.5)
+
+    def action_log_y(self) -> None:
+        self.log_y = not self.log_y
+        self.refresh_view()
+
+    def action_panel(self, name: str) -> None:
+        if name not in PANELS:
+            return
+        self.panel = name
+        for p in PANELS:
+            self.query_one(f"#panel-{p}").set_class(p == name, "-active")
+        tabs = self.query_one(Tabs)
+        if tabs.active != f"tab-{name}":
+            tabs.active = f"tab-{name}"
+        if self.snap is not None:
+            self._draw_panels(self.snap, self.query_one(TrialsTable).selected)
+
+    def action_detail(self) -> None:
+        if (t := self.selected_trial()) is not None:
+            self.push_screen(TrialDetailScreen(self.source, t.number))
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    async def action_quit(self) -> None:
+        if self._stopping or self._debounced("quit"):
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes and not self._stopping:
+                self._stopping = True
+                self.notify("stopping: running trials checkpoint and end at their next step…", timeout=30)
+                self._background("stop", self.source.stop)
+
+        self.push_screen(ConfirmScreen("Quit? Running trials checkpoint and stop (resume later with "
+                                       "`tui-tuner resume RUN_DIR`)."), answer)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for title, help_text, action in (
+            ("Pause / resume trial", "Pause the selected trial, or resume it if paused", self.action_pause_resume),
+            ("Kill trial", "Kill the selected trial (asks first)", self.action_kill),
+            ("Fork trial", "Fork the selected trial from a checkpoint with edited params", self.action_fork),
+            ("New trial", "Enqueue a trial with chosen params", self.action_new_trial),
+            ("Concurrency +1", "Run one more trial at a time", lambda: self.action_concurrency(1)),
+            ("Concurrency -1", "Run one fewer trial at a time", lambda: self.action_concurrency(-1)),
+            ("Sort trials", "Cycle the table's sort column", self.action_sort),
+            ("Toggle log-y", "Log scale for the loss chart", self.action_log_y),
+            ("Trial detail", "All params, user attrs and checkpoints of the selected trial", self.action_detail),
+            ("Keys", "Show every key", self.action_help),
+            ("Quit sweep", "Checkpoint and stop running trials, then exit", self.action_quit),
+        ):
+            yield SystemCommand(title, help_text, action)
+
+
+def run_app(sweep: SweepSource) -> int:
+    """Run the TUI on an already started sweep; on exit nothing is left RUNNING and no thread calls into the app."""
+    from tui_tuner.engine.system import SystemSampler
+
+    sampler = SystemSampler().start()
+    app = TuiTunerApp(sweep, system=sampler)
+    try:
+        code = app.run()
+    finally:
+        app.detach()
+        sweep.stop()
+        sampler.stop()
+    return code if isinstance(code, int) else 0

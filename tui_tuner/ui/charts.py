@@ -1,0 +1,104 @@
+"""Loss and LR charts on textual-plot: every trial's loss overlaid (selected bright), LR actual vs planned."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
+
+from tui_tuner.engine.snapshot import SweepSnapshot
+from tui_tuner.format import fmt_float
+from tui_tuner.ui.source import SweepSource
+
+SELECTED = "bold bright_yellow"
+OTHER = "grey42"
+EVAL = "bold bright_cyan"
+PLANNED = "grey50"
+
+
+class LogAxisFormatter(NumericAxisFormatter):
+    """Ticks placed on log10 values, labelled with the value itself (textual-plot has no log axis)."""
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [fmt_float(10**t, 2) for t in ticks]
+
+
+class SciAxisFormatter(NumericAxisFormatter):
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [fmt_float(t, 2) for t in ticks]
+
+
+def _xy(points: Sequence[tuple[float, float]], log_y: bool = False) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for x, y in points:
+        if log_y:
+            if y <= 0 or not math.isfinite(y):
+                continue
+            y = math.log10(y)
+        xs.append(x)
+        ys.append(y)
+    return xs, ys
+
+
+class Chart(PlotWidget, can_focus=False):
+    """A PlotWidget that never takes focus (its +/- zoom keys would shadow the app's) and has no legend."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(allow_pan_and_zoom=False, **kwargs)  # type: ignore[arg-type]
+
+    def on_mount(self) -> None:
+        self.margin_top = 0
+        self.margin_bottom = 2
+        self.margin_left = 8
+
+    @property
+    def max_points(self) -> int:
+        return max(32, self.size.width * 2)
+
+
+class LossChart(Chart):
+    """Train loss of every started trial (forks branch off their parent's prefix) and the selected one's evals."""
+
+    def draw(self, source: SweepSource, snap: SweepSnapshot, selected: int | None, log_y: bool) -> None:
+        self.clear()
+        self.set_y_formatter(LogAxisFormatter() if log_y else SciAxisFormatter())
+        pts = self.max_points
+        numbers = [t.number for t in snap.trials if t.state != "waiting" and t.number != selected]
+        for n in numbers:
+            xs, ys = _xy(source.series(n, "loss", pts), log_y)
+            if xs:
+                self.plot(xs, ys, line_style=OTHER, hires_mode=HiResMode.BRAILLE)
+        if selected is not None:
+            xs, ys = _xy(source.series(selected, "loss", pts), log_y)
+            if xs:
+                self.plot(xs, ys, line_style=SELECTED, hires_mode=HiResMode.BRAILLE)
+            xs, ys = _xy(source.series(selected, "eval_loss", pts), log_y)
+            if xs:
+                self.scatter(xs, ys, marker="●", marker_style=EVAL)
+        self.set_xlabel(f"step · train loss (#{selected} bright, eval ●){' · log y' if log_y else ''}")
+
+
+class LrChart(Chart):
+    """The selected trial's LR so far over its whole planned schedule (dim)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._plans: dict[tuple[int, int | None], list[tuple[int, float]]] = {}
+
+    def draw(self, source: SweepSource, snap: SweepSnapshot, selected: int | None) -> None:
+        self.clear()
+        self.set_y_formatter(SciAxisFormatter())
+        if selected is None:
+            return
+        trial = next((t for t in snap.trials if t.number == selected), None)
+        key = (selected, trial.total_steps if trial else None)
+        if key not in self._plans:
+            self._plans[key] = source.lr_plan(selected, self.max_points)
+        xs, ys = _xy(self._plans[key])
+        if xs:
+            self.plot(xs, ys, line_style=PLANNED, hires_mode=HiResMode.BRAILLE)
+        xs, ys = _xy(source.series(selected, "lr", self.max_points))
+        if xs:
+            self.plot(xs, ys, line_style=SELECTED, hires_mode=HiResMode.BRAILLE)
+        self.set_xlabel(f"step · LR of #{selected} (planned dim)")

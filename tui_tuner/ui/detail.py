@@ -1,0 +1,95 @@
+"""Trial detail screen: every param, Optuna user attrs, checkpoints, and larger loss/LR charts."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from tui_tuner.engine.snapshot import TrialSnapshot
+from tui_tuner.format import fmt_bytes, fmt_float
+from tui_tuner.ui.charts import LossChart, LrChart
+from tui_tuner.ui.source import SweepSource
+
+
+def user_attrs(source: SweepSource, n: int) -> dict[str, Any]:
+    """The trial's Optuna user attrs, read under the study lock (empty if the study cannot say)."""
+    try:
+        with source.study_lock:
+            for t in source.study.get_trials(deepcopy=False):
+                if t.number == n:
+                    return dict(t.user_attrs)
+    except Exception:
+        return {}
+    return {}
+
+
+def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
+    out = Text()
+    out.append(f"trial #{t.number}  {t.state}", style="bold")
+    out.append(f"  step {t.step}/{t.total_steps or '?'}  origin {t.origin}")
+    if t.parent is not None:
+        out.append(f"  fork of #{t.parent} at step {t.fork_step}")
+    if t.error:
+        out.append(f"\nerror: {t.error}", style="bold red")
+    out.append(f"\nloss {fmt_float(t.loss)}  eval {fmt_float(t.eval_loss)}  best eval {fmt_float(t.best_eval_loss)}"
+               f"\nlr {fmt_float(t.lr)}  grad norm {fmt_float(t.grad_norm)}  tok/s {fmt_float(t.tokens_per_s, 0)}"
+               f"  mem {fmt_bytes(t.mem_bytes)} (peak {fmt_bytes(t.peak_mem_bytes)})\n")
+    values = {**source.preset.params.model_dump(), **t.params, **t.overrides}
+    out.append("\nparams\n", style="bold underline")
+    for k, v in values.items():
+        mark = " (searched)" if k in t.params else " (override)" if k in t.overrides else ""
+        out.append(f"  {k:<20} {v}{mark}\n", style="bold" if mark else "")
+    attrs = user_attrs(source, t.number)
+    out.append("\nOptuna user attrs\n", style="bold underline")
+    for k, v in attrs.items():
+        out.append(f"  {k:<20} {v}\n")
+    if not attrs:
+        out.append("  (none)\n", style="dim")
+    out.append("\ncheckpoints\n", style="bold underline")
+    for c in t.checkpoints:
+        out.append(f"  step {c.step:>7}  eval {fmt_float(c.eval_loss):>8}  {c.path}\n")
+    if not t.checkpoints:
+        out.append("  (none)\n", style="dim")
+    return out
+
+
+class TrialDetailScreen(Screen[None]):
+    """Redraws once a second when the trial's version moved; escape goes back."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,enter,q", "app.pop_screen", "Back", id="detail.back")]
+
+    def __init__(self, source: SweepSource, number: int) -> None:
+        super().__init__()
+        self.source = source
+        self.number = number
+        self._version: int | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="detail"):
+            with VerticalScroll(id="detail-info"):
+                yield Static("", id="detail-text")
+            with Vertical(id="detail-charts"):
+                yield LossChart(id="detail-loss")
+                yield LrChart(id="detail-lr")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.redraw()
+        self.set_interval(1.0, self.redraw)
+
+    def redraw(self) -> None:
+        snap = self.source.snapshot()
+        t = next((x for x in snap.trials if x.number == self.number), None)
+        if t is None or t.version == self._version:
+            return
+        self._version = t.version
+        self.query_one("#detail-text", Static).update(detail_text(self.source, t))
+        log_y = bool(getattr(self.app, "log_y", False))
+        self.query_one(LossChart).draw(self.source, snap, self.number, log_y)
+        self.query_one(LrChart).draw(self.source, snap, self.number)
