@@ -1,0 +1,223 @@
+"""Checkpoints, exact resume, fork with overrides and lineage, WSD re-decay, crash + resume of a sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from tests.conftest import tiny_preset_dict, wait_for
+from tui_tuner import Preset, Sweep, SweepError
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import DataSection, dump_toml
+from tui_tuner.training import checkpoint as ckpt
+from tui_tuner.training.finetune import FineTune, prepare_data
+from tui_tuner.training.schedules import lr_factor
+
+
+@pytest.fixture(scope="module")
+def demo_data():
+    torch.set_num_threads(1)
+    return prepare_data("builtin:tiny-llama", DataSection(train="builtin:progressions", max_length=40))[1]
+
+
+def _ft(data, **kw) -> FineTune:
+    p = dict(max_steps=30, batch_size=8, eval_batches=2, learning_rate=3e-3, warmup_steps=5, lora_r=4,
+             lora_dropout=0.0, schedule="cosine")
+    return FineTune("builtin:tiny-llama", "lora", TrialParams(**{**p, **kw}), data)
+
+
+def test_exact_resume_reproduces_the_uninterrupted_curve(demo_data, tmp_path):
+    straight = _ft(demo_data)
+    losses = [straight.step().loss for _ in range(20)]
+
+    first = _ft(demo_data)
+    for _ in range(10):
+        first.step()
+    info = ckpt.save(first, tmp_path)
+    resumed = _ft(demo_data)
+    ckpt.restore(resumed, info.path)
+    assert resumed.step_count == 10
+    tail = [resumed.step().loss for _ in range(10)]
+    assert tail == pytest.approx(losses[10:], rel=1e-5, abs=1e-6)
+
+
+def test_checkpoint_is_a_standard_peft_adapter(demo_data, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tui_tuner.training.model import builtin_model_dir
+
+    ft = _ft(demo_data)
+    for _ in range(3):
+        ft.step()
+    info = ckpt.save(ft, tmp_path, eval_loss=1.5)
+    assert {"adapter_model.safetensors", "adapter_config.json", "trainer_state.pt"} <= {
+        p.name for p in info.path.iterdir()}
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir()), info.path)
+    ids = torch.tensor([[50, 51, 52, 53]])
+    model.eval()
+    ft.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, ft.model(input_ids=ids).logits, atol=1e-5)
+    assert not list(tmp_path.glob("checkpoints/.tmp-*"))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(demo_data, tmp_path, monkeypatch):
+    ft = _ft(demo_data)
+    ft.step()
+    good = ckpt.save(ft, tmp_path)
+    ft.step()
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        ckpt.save(ft, tmp_path)
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [good.step]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_keep_last_k_plus_best(demo_data, tmp_path):
+    ft = _ft(demo_data)
+    for loss in (3.0, 1.0, 2.0, 2.5, 2.6):
+        ft.step()
+        ckpt.save(ft, tmp_path, eval_loss=loss)
+        ckpt.prune_checkpoints(tmp_path, keep=2, keep_best=True)
+    assert [c.step for c in ckpt.list_checkpoints(tmp_path)] == [2, 4, 5]
+
+
+def test_wsd_fork_from_stable_phase_redecays_at_the_new_end():
+    parent = TrialParams(max_steps=100, warmup_steps=10, schedule="wsd", decay_fraction=0.2, learning_rate=1e-3)
+    child = parent.model_copy(update={"max_steps": 200})
+    # Forked at step 50 (stable phase): stays at the peak until the new decay start (200 - 38 = 162).
+    lrs = {s: child.learning_rate * lr_factor(s, child, 200) for s in (50, 79, 80, 100, 161, 162, 199)}
+    assert lrs[50] == lrs[79] == lrs[80] == lrs[100] == lrs[161] == pytest.approx(1e-3)
+    assert lrs[162] < 1e-3 and lrs[199] == pytest.approx(0.0, abs=1e-9)
+    assert parent.learning_rate * lr_factor(90, parent, 100) < 1e-3  # the parent was decaying there
+
+
+def test_wsd_fork_through_a_checkpoint_uses_the_new_end(demo_data, tmp_path):
+    wsd = dict(schedule="wsd", decay_fraction=0.2, warmup_steps=4, learning_rate=1e-3, max_steps=40)
+    parent = _ft(demo_data, **wsd)
+    for _ in range(20):
+        parent.step()
+    info = ckpt.save(parent, tmp_path)
+    child = _ft(demo_data, **{**wsd, "max_steps": 80})
+    ckpt.restore(child, info.path)
+    lrs = [child.step().lr for _ in range(60)]  # steps 20..79 of the new 80-step plan
+    decay_start = 4 + (80 - 4) - round((80 - 4) * 0.2)  # 65
+    assert lrs[: decay_start - 20] == [pytest.approx(1e-3)] * (decay_start - 20)
+    assert lrs[decay_start - 20] < 1e-3 and lrs[-1] < 1e-4
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def _running(sweep, n, min_step=1):
+    return lambda: any(t.number == n and t.state == "running" and t.step >= min_step for t in sweep.trials())
+
+
+def test_fork_continues_from_the_parent_with_overrides_and_lineage(make_sweep):
+    sweep = make_sweep(params={"max_steps": 5000, "learning_rate": 1e-2, "schedule": "constant",
+                               "warmup_steps": 0},
+                       search={"weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+                       study={"n_trials": 1, "concurrency": 2}, checkpoints={"interval": 40}).start()
+    wait_for(_running(sweep, 0, 85), what="parent past step 80", timeout=120)
+    child = sweep.fork(0, step=80, params={"learning_rate": 5e-4, "max_steps": 120, "weight_decay": 0.05})
+    wait_for(lambda: sweep.trial(child).state == "complete" if child in {t.number for t in sweep.trials()
+                                                                          if t.state != "waiting"} else False,
+             what="child to finish", timeout=120)
+    snap = sweep.trial(child)
+    assert snap.parent == 0 and snap.fork_step == 80 and snap.step == 120
+    # History: the parent's curve up to step 80, then the child's own.
+    loss = sweep.series(child, "loss", max_points=None)
+    assert loss[0][0] == 1 and loss[-1][0] == 120
+    parent_loss = dict(sweep.series(0, "loss", max_points=None))
+    assert dict(loss)[80] == parent_loss[80]
+    # It starts from the parent's weights: its first loss is near the parent's, far below an untrained model's.
+    first_own = dict(loss)[81]
+    untrained = dict(sweep.series(0, "loss", max_points=None))[1]
+    assert first_own < untrained - 1.0 and abs(first_own - parent_loss[80]) < 0.5
+    # The override is live after the fork: LR 5e-4 (constant schedule), not the parent's 1e-2.
+    lr = dict(sweep.series(child, "lr", max_points=None))
+    assert lr[80] == pytest.approx(1e-2) and lr[81] == pytest.approx(5e-4) and lr[120] == pytest.approx(5e-4)
+    t = optuna.load_study(study_name="test", storage=sweep.study._storage).trials[child]
+    assert t.user_attrs["parent_trial"] == 0 and t.user_attrs["fork_step"] == 80
+    assert t.user_attrs["fork_checkpoint"].endswith("trials/0/checkpoints/step-80")
+    assert t.params == {"weight_decay": 0.05}
+    assert t.user_attrs["overrides"] == {"learning_rate": 5e-4, "max_steps": 120}
+
+
+def test_fork_without_step_checkpoints_a_running_trial_now_and_fork_of_paused(make_sweep):
+    sweep = make_sweep(params={"max_steps": 5000}, study={"n_trials": 1, "concurrency": 3},
+                       checkpoints={"interval": 1000}).start()
+    wait_for(_running(sweep, 0, 5), what="parent running")
+    sweep.pause(0)
+    wait_for(lambda: sweep.trial(0).state == "paused", what="paused")
+    at = sweep.trial(0).step
+    child = sweep.fork(0)
+    assert (sweep.run_dir / f"trials/0/checkpoints/step-{at}").is_dir()
+    wait_for(lambda: any(t.number == child and t.step > at for t in sweep.trials()), what="child steps")
+    assert sweep.trial(child).fork_step == at
+    assert sweep.trial(0).state == "paused" and sweep.trial(0).step == at
+
+
+def test_fork_errors_are_one_line(make_sweep):
+    sweep = make_sweep(params={"max_steps": 5000}, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(_running(sweep, 0, 12), what="parent running")
+    with pytest.raises(SweepError, match="no trial 7"):
+        sweep.fork(7)
+    with pytest.raises(SweepError, match="lora_r"):
+        sweep.fork(0, params={"lora_r": 16})
+    with pytest.raises(SweepError, match="no checkpoint at step 3 .available: 10"):
+        sweep.fork(0, step=3)
+    with pytest.raises(SweepError, match="unknown"):
+        sweep.fork(0, params={"lr": 1.0})
+
+
+def test_resume_of_a_non_run_dir_is_one_line(tmp_path):
+    with pytest.raises(SweepError, match="not a tui-tuner run directory"):
+        Sweep.resume(tmp_path)
+
+
+def test_sigkill_mid_sweep_then_resume_continues_from_checkpoints(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict(
+        params={"max_steps": 160, "eval_interval": 20}, study={"n_trials": 3, "concurrency": 2},
+        checkpoints={"interval": 20, "keep": 2})))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "TUI_TUNER_HEADLESS": "1"}
+    cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(preset), "--headless", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: all(ckpt.list_checkpoints(run_dir / "trials" / str(n)) for n in (0, 1)),
+                 what="first checkpoints", timeout=120)
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    before = optuna.load_study(study_name="test", storage=storage)
+    killed_running = [t.number for t in before.trials if t.state == TrialState.RUNNING]
+    assert killed_running, "the kill should have caught trials mid-run"
+    resume_steps = {n: ckpt.list_checkpoints(run_dir / "trials" / str(n))[-1].step for n in killed_running}
+
+    out = subprocess.run([sys.executable, "-m", "tui_tuner.cli", "resume", str(run_dir), "--headless"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for n, step in resume_steps.items():
+        assert step > 0
+        assert f"trial {n} started from step {step}" in out.stdout
+    after = optuna.load_study(study_name="test", storage=storage)
+    assert not [t for t in after.trials if t.state == TrialState.RUNNING]
+    assert [t.number for t in after.trials] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in after.trials)
+    assert all(max(t.intermediate_values) == 160 for t in after.trials)

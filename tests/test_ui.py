@@ -1,0 +1,185 @@
+"""Pilot tests of the TUI against a real tiny sweep: pause/resume, kill, fork, concurrency, quit."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from tui_tuner import Preset, Sweep
+from tui_tuner.ui.app import TuiTunerApp
+from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog
+
+PRESET = {
+    "name": "ui", "model": {"name": "builtin:tiny-llama"}, "data": {"train": "builtin:progressions", "max_length": 48},
+    "params": {"max_steps": 20000, "eval_interval": 20, "batch_size": 8, "eval_batches": 2, "learning_rate": 3e-3},
+    "search": {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    "study": {"n_trials": 3, "concurrency": 2}, "checkpoints": {"interval": 20},
+}
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tiny model is built once per session (conftest may already point the cache somewhere)."""
+    os.environ.setdefault("TUI_TUNER_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+
+
+@pytest.fixture
+def sweep(model_cache: None, tmp_path: Path) -> Iterator[Sweep]:
+    s = Sweep(Preset.from_dict(PRESET), tmp_path / "run").start()
+    yield s
+    s.stop()
+
+
+async def until(pilot: object, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.05)  # type: ignore[attr-defined]
+
+
+def study_state(sweep: Sweep, n: int) -> TrialState:
+    with sweep.study_lock:
+        return sweep.study.get_trials(deepcopy=False)[n].state
+
+
+def running(sweep: Sweep, n: int, min_step: int = 1) -> bool:
+    t = next((t for t in sweep.snapshot().trials if t.number == n), None)
+    return t is not None and t.state == "running" and t.step >= min_step
+
+
+def app_for(sweep: Sweep) -> TuiTunerApp:
+    return TuiTunerApp(sweep, refresh_s=0.2)
+
+
+async def test_pause_then_resume_selected_trial(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: running(sweep, 0) and app.query_one("TrialsTable").selected == 0)
+        await pilot.press("p")
+        await until(pilot, lambda: sweep.trial(0).state == "paused")
+        await asyncio.sleep(0.35)  # past the debounce
+        await pilot.press("p")
+        await until(pilot, lambda: sweep.trial(0).state == "running")
+
+
+async def test_repeated_key_is_debounced(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: running(sweep, 0))
+        await pilot.press("+", "+", "+")
+        await until(pilot, lambda: sweep.concurrency == 3)
+        await pilot.pause(0.1)
+        assert sweep.concurrency == 3
+
+
+async def test_kill_with_confirm_prunes_in_optuna(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: running(sweep, 0))
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: study_state(sweep, 0) == TrialState.PRUNED)
+        assert sweep.trial(0).stopped_by_user
+
+
+async def test_kill_cancelled_leaves_trial_running(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: running(sweep, 0))
+        await pilot.press("k")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await pilot.pause(0.3)
+        assert sweep.trial(0).state == "running"
+
+
+async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, ParamsDialog))
+        lr = app.screen.query_one("#param-learning_rate")
+        lr.value = "0.002"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+s")
+
+        def child() -> dict | None:
+            with sweep.study_lock:
+                for t in sweep.study.get_trials(deepcopy=False):
+                    if t.user_attrs.get("origin") == "fork":
+                        return {"parent": t.user_attrs["parent_trial"], "params": t.params}
+            return None
+
+        await until(pilot, lambda: child() is not None)
+        c = child()
+        assert c is not None and c["parent"] == 0
+        assert c["params"]["learning_rate"] == pytest.approx(0.002)
+
+
+async def test_plus_raises_concurrency(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("+")
+        await until(pilot, lambda: sweep.concurrency == 3)
+        await asyncio.sleep(0.35)
+        await pilot.press("-")
+        await until(pilot, lambda: sweep.concurrency == 2)
+
+
+async def test_bad_command_is_notified_not_raised(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        sweep.set_concurrency(1)
+        await pilot.press("-")  # concurrency 0: SweepError
+        await pilot.pause(0.2)
+        assert sweep.concurrency == 1
+        assert any(n.severity == "error" for n in app._notifications)
+
+
+async def test_quit_stops_sweep_and_leaves_nothing_running(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: running(sweep, 0) and running(sweep, 1))
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: sweep.finished)
+        await pilot.pause(0.2)
+    assert app.return_value == 0
+    with sweep.study_lock:
+        states = [t.state for t in sweep.study.get_trials(deepcopy=False)]
+    assert TrialState.RUNNING not in states
+    assert not app._accepting
+
+
+async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: running(sweep, 0) and app.query_one("TrialsTable").selected == 0)
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "TrialDetailScreen")
+        text = str(app.screen.query_one("#detail-text").render())
+        assert "learning_rate" in text and "origin" in text
+        await pilot.press("escape")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
+        await pilot.press("escape")
+        await pilot.press("l", "s", "2", "3", "4")
+        await pilot.pause(0.3)
+        assert app.log_y and app.panel == "events"
