@@ -98,8 +98,12 @@ def dry_run(preset: Preset) -> str:
     for name, d in preset.search.items():
         spec = d.model_dump(exclude={"type"}, exclude_none=True)
         lines.append(f"  {name:<22} {d.type:<12} {spec}")
-    budget = preset.params.max_steps or f"{preset.params.epochs} epochs"
-    lines.append(f"per trial: {budget} steps max, eval every {preset.params.eval_interval} steps")
+    per = preset.params.max_steps
+    lines.append(f"per trial: {per or f'{preset.params.epochs} epochs'} steps max, eval every "
+                 f"{preset.params.eval_interval} steps, checkpoint every {preset.checkpoints.interval or '-'}")
+    if per:
+        lines.append(f"budget: {s.n_trials} trials x {per} steps = at most {s.n_trials * per:,} optimizer steps "
+                     "(fewer with pruning; searched max_steps may change it)")
     return "\n".join(lines)
 
 

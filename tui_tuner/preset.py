@@ -120,9 +120,15 @@ class Preset(_Strict):
 
     @model_validator(mode="after")
     def _search_names(self) -> Preset:
-        for key in self.search:
+        for key, dist in self.search.items():
             if key not in PARAM_NAMES:
                 raise ValueError(f"search.{key}: unknown hyperparameter{_did_you_mean(key, PARAM_NAMES)}")
+            values = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
+            for v in values:
+                try:
+                    TrialParams.model_validate({**self.params.model_dump(), key: v})
+                except ValidationError as e:
+                    raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {e.errors()[0]['msg']}") from None
         return self
 
     @property
@@ -140,6 +146,7 @@ class Preset(_Strict):
             raise PresetError(f"{path}: preset file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise PresetError(f"{path}: malformed TOML: {e}") from None
+        _anchor_paths(raw, path.parent)
         return cls.from_dict(raw, source=str(path), overrides=overrides)
 
     @classmethod
@@ -166,6 +173,20 @@ class Preset(_Strict):
 
     def to_toml(self) -> str:
         return dump_toml(self.model_dump(mode="json", exclude_none=True))
+
+
+def _anchor_paths(raw: dict[str, Any], base: Path) -> None:
+    """Data files named in a preset are relative to the preset file (as in docker-compose), so a bundled
+    preset works from any directory; `--set` paths stay relative to the shell's directory."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "eval"):
+            value = data.get(key)
+            if isinstance(value, str) and not value.startswith("builtin:") and not Path(value).is_absolute():
+                data[key] = str((base / value).resolve())
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"].startswith("."):
+        model["name"] = str((base / model["name"]).resolve())
 
 
 def _looks_local(name: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # The hub client logs each network retry; the one-line ModelError says what failed instead.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 
 def cache_dir() -> Path:
@@ -73,7 +76,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load tokenizer for {name!r}: {_first_line(e)}") from None
+        raise ModelError(f"cannot load tokenizer for {name!r}: {_first_line(e)}{_offline_hint(name)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -111,7 +114,7 @@ def build_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load model {name!r}: {_first_line(e)}") from None
+            raise ModelError(f"cannot load model {name!r}: {_first_line(e)}{_offline_hint(name)}") from None
         if method == "lora":
             cfg = LoraConfig(
                 r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
@@ -155,3 +158,9 @@ def dropout_modules(model: torch.nn.Module) -> list[torch.nn.Dropout]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def _offline_hint(name: str) -> str:
+    if Path(name).exists():
+        return ""
+    return " (a hub id needs network access or the model in the HF cache; or pass a local directory)"
