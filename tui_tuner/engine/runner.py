@@ -121,6 +121,8 @@ class TrialRunner:
     def _train(self) -> None:
         run, sw, p = self.run, self.sweep, self.sweep.preset
         run.started_at = time.time()
+        # OpenMP's thread count is per calling thread: set it here, not only in the thread that built the sweep.
+        torch.set_num_threads(p.device.threads_per_trial)
         weights = str(run.resume_from) if (run.resume_from and p.model.method == "full") else None
         ft = FineTune(
             p.model.name, p.model.method, run.params, sw.data, p.device.type, p.device.precision,

@@ -1,0 +1,105 @@
+"""Engine overhead: step time of one trial run by the engine ÷ a bare loop over the same model and data,
+plus pause and kill latency (call → the trial's acknowledgement), measured in one process.
+
+    python benchmarks/overhead.py [--steps 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tui_tuner import Preset, Sweep  # noqa: E402
+from tui_tuner.training.finetune import FineTune, prepare_data  # noqa: E402
+
+
+def preset(steps: int) -> Preset:
+    return Preset.from_dict({
+        "name": "overhead", "model": {"name": "builtin:tiny-llama"},
+        "data": {"train": "builtin:progressions", "max_length": 48},
+        # eval and checkpoints off the measured steps: we time the step loop and its bookkeeping only.
+        "params": {"max_steps": steps, "batch_size": 16, "eval_interval": 10**6, "learning_rate": 3e-3},
+        "study": {"n_trials": 1, "concurrency": 1, "pruner": "none"},
+    })
+
+
+def bare_step_times(p: Preset) -> list[float]:
+    _, data = prepare_data(p.model.name, p.data)
+    ft = FineTune(p.model.name, p.model.method, p.params, data)
+    times = []
+    for _ in range(p.params.max_steps):  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        ft.step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def engine_step_times(p: Preset, run_dir: Path) -> list[float]:
+    """Wall time between consecutive steps as the engine logs them: the step plus all engine bookkeeping."""
+    import json
+
+    sweep = Sweep(p, run_dir).start()
+    sweep.wait()
+    sweep.stop()
+    rows = [json.loads(x) for x in (run_dir / "trials/0/metrics.jsonl").read_text().splitlines()]
+    t = [r["time"] for r in rows if "loss" in r]
+    return [b - a for a, b in zip(t, t[1:], strict=False)]
+
+
+def latency(p: Preset, run_dir: Path) -> tuple[float, float, float]:
+    sweep = Sweep(p.model_copy(update={"params": p.params.model_copy(update={"max_steps": 10**6,
+                                                                               "eval_interval": 50})}),
+                  run_dir).start()
+    while not sweep.trials() or sweep.trials()[0].step < 60:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    sweep.pause(0)
+    while sweep.trial(0).state != "paused":
+        time.sleep(0.0005)
+    pause_s = time.perf_counter() - t0
+    sweep.resume(0)
+    while sweep.trial(0).state != "running":
+        time.sleep(0.0005)
+    s0 = sweep.trial(0).step
+    time.sleep(1.0)
+    per_step = 1.0 / max(1, sweep.trial(0).step - s0)
+    t0 = time.perf_counter()
+    sweep.kill(0)
+    while sweep.trial(0).state != "pruned":
+        time.sleep(0.0005)
+    kill_s = time.perf_counter() - t0
+    sweep.stop()
+    return pause_s, kill_s, per_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=300)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    p = preset(args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        bare_step_times(p.model_copy(update={"params": p.params.model_copy(update={"max_steps": 30})}))  # warm-up
+        bare = bare_step_times(p)[10:]
+        eng = engine_step_times(p, Path(tmp) / "a")[10:]
+        pause_s, kill_s, per_step = latency(p, Path(tmp) / "b")
+    b, e = statistics.median(bare), statistics.median(eng)
+    print(f"model: built-in tiny Llama + LoRA, batch 16x48, 1 thread, {args.steps} steps (first 10 dropped)")
+    print(f"bare loop   step time: median {b * 1e3:.2f} ms  mean {statistics.mean(bare) * 1e3:.2f} ms")
+    print(f"under engine step time: median {e * 1e3:.2f} ms  mean {statistics.mean(eng) * 1e3:.2f} ms")
+    print(f"ratio engine/bare (median): {e / b:.3f}   (mean): {statistics.mean(eng) / statistics.mean(bare):.3f}"
+          "   goal <= 1.02")
+    print(f"pause latency: {pause_s * 1e3:.1f} ms = {pause_s / per_step:.2f} steps   goal <= 1 step")
+    print(f"kill latency (incl. Optuna tell): {kill_s * 1e3:.1f} ms = {kill_s / per_step:.2f} steps")
+
+
+if __name__ == "__main__":
+    main()
