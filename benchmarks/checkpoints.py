@@ -17,11 +17,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tui_tuner.params import TrialParams  # noqa: E402
-from tui_tuner.training import checkpoint as ckpt  # noqa: E402
-from tui_tuner.training.finetune import DataBundle, FineTune, prepare_data  # noqa: E402
-from tui_tuner.training.model import load_tokenizer  # noqa: E402
-from tui_tuner.preset import DataSection  # noqa: E402
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import DataSection
+from tui_tuner.training import checkpoint as ckpt
+from tui_tuner.training.finetune import DataBundle, FineTune, prepare_data
+from tui_tuner.training.model import load_tokenizer
 
 
 def build_large(root: Path) -> Path:

@@ -17,8 +17,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tui_tuner import Preset, Sweep  # noqa: E402
-from tui_tuner.training.finetune import FineTune, prepare_data  # noqa: E402
+import itertools
+
+from tui_tuner import Preset, Sweep
+from tui_tuner.training.finetune import FineTune, prepare_data
 
 
 def preset(steps: int) -> Preset:
@@ -51,7 +53,7 @@ def engine_step_times(p: Preset, run_dir: Path) -> list[float]:
     sweep.stop()
     rows = [json.loads(x) for x in (run_dir / "trials/0/metrics.jsonl").read_text().splitlines()]
     t = [r["time"] for r in rows if "loss" in r]
-    return [b - a for a, b in zip(t, t[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(t)]
 
 
 def latency(p: Preset, run_dir: Path) -> tuple[float, float, float]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from tests.conftest import tiny_preset_dict, wait_for
-from tui_tuner import Preset, Sweep, SweepError
+from tui_tuner import Sweep, SweepError
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import DataSection, dump_toml
 from tui_tuner.training import checkpoint as ckpt
@@ -118,7 +118,7 @@ def test_wsd_fork_through_a_checkpoint_uses_the_new_end(demo_data, tmp_path):
     decay_start = 4 + (80 - 4) - round((80 - 4) * 0.2)  # 65
     assert lrs[: decay_start - 20] == [pytest.approx(1e-3)] * (decay_start - 20)
     assert lrs[decay_start - 20] < 1e-3 and lrs[-1] < 1e-4
-    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
 
 
 def _running(sweep, n, min_step=1):
@@ -177,7 +177,7 @@ def test_fork_errors_are_one_line(make_sweep):
         sweep.fork(7)
     with pytest.raises(SweepError, match="lora_r"):
         sweep.fork(0, params={"lora_r": 16})
-    with pytest.raises(SweepError, match="no checkpoint at step 3 .available: 10"):
+    with pytest.raises(SweepError, match=r"no checkpoint at step 3 \(available: 10"):
         sweep.fork(0, step=3)
     with pytest.raises(SweepError, match="unknown"):
         sweep.fork(0, params={"lr": 1.0})
@@ -204,7 +204,8 @@ def test_sigkill_mid_sweep_then_resume_continues_from_checkpoints(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal")))
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    storage = optuna.storages.JournalStorage(backend)
     before = optuna.load_study(study_name="test", storage=storage)
     killed_running = [t.number for t in before.trials if t.state == TrialState.RUNNING]
     assert killed_running, "the kill should have caught trials mid-run"

@@ -127,3 +127,24 @@ def test_headless_run_of_a_preset_end_to_end(tmp_path):
     rows = (tmp_path / "run" / "trials.csv").read_text().splitlines()
     assert rows[0].startswith("number,state,learning_rate,value") and len(rows) == 3
     assert Path(tmp_path / "run" / "best_params.json").is_file()
+
+
+def test_docs_presets_md_is_generated_from_the_schema():
+    import runpy
+
+    root = Path(__file__).parent.parent
+    render = runpy.run_path(str(root / "docs" / "gen_presets.py"))["render"]
+    assert (root / "docs" / "presets.md").read_text() == render(), "run: python docs/gen_presets.py"
+
+
+def test_unset_batch_size_uses_the_rule_and_says_so(tmp_path):
+    from tui_tuner import Sweep
+
+    raw = tiny_preset_dict(params={"max_steps": 3}, study={"n_trials": 1})
+    del raw["params"]["batch_size"]
+    sweep = Sweep(Preset.from_dict(raw), tmp_path / "run").start()
+    assert sweep.wait(60)
+    msgs = [e.message for e in sweep.events_since(0) if e.kind == "batch_size_rule"]
+    sweep.stop()
+    n = len(sweep.data.train)
+    assert msgs and f"using {max(1, min(256, round(0.002 * n)))} (~0.2% of {n}" in msgs[0]

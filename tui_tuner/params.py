@@ -18,7 +18,7 @@ class TrialParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     learning_rate: float = Field(1e-4, gt=0)
-    batch_size: int | None = Field(8, ge=1, description="None: ~0.2% of the training examples, capped at 256")
+    batch_size: int | None = Field(None, ge=1, description="unset: ~0.2% of the training examples, at most 256")
     grad_accum: int = Field(1, ge=1)
     max_steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)

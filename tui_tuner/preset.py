@@ -128,7 +128,8 @@ class Preset(_Strict):
                 try:
                     TrialParams.model_validate({**self.params.model_dump(), key: v})
                 except ValidationError as e:
-                    raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {e.errors()[0]['msg']}") from None
+                    msg = e.errors()[0]["msg"]
+                    raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {msg}") from None
         return self
 
     @property

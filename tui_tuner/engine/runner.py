@@ -129,6 +129,9 @@ class TrialRunner:
             weights_dir=weights, trust_remote_code=p.model.trust_remote_code,
         )
         run.ft = ft
+        if run.params.batch_size is None:
+            self.events.emit("batch_size_rule", run.number, f"trial {run.number}: batch_size unset: using "
+                             f"{ft.batch_size} (~0.2% of {len(sw.data.train)} training examples, at most 256)")
         if run.resume_from:
             ckpt.restore(ft, run.resume_from)
             ft.apply_params(run.params)  # a fork's overrides win over what the optimizer state carried

@@ -65,7 +65,9 @@ def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str
         return "prompt_completion"
     if "text" in keys:
         return "text"
-    raise DataError(f"{source}: cannot tell the format from keys {sorted(keys)}: need text, prompt/completion or messages")
+    raise DataError(
+        f"{source}: cannot tell the format from keys {sorted(keys)}: need text, prompt/completion or messages"
+    )
 
 
 def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: int, source: str) -> list[Example]:
