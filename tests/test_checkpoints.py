@@ -222,3 +222,36 @@ def test_sigkill_mid_sweep_then_resume_continues_from_checkpoints(tmp_path):
     assert [t.number for t in after.trials] == [0, 1, 2]
     assert all(t.state == TrialState.COMPLETE for t in after.trials)
     assert all(max(t.intermediate_values) == 160 for t in after.trials)
+
+
+def test_exact_resume_of_a_full_fine_tune(demo_data, tmp_path):
+    full = dict(learning_rate=1e-3)
+    straight = FineTune("builtin:tiny-llama", "full", TrialParams(max_steps=12, batch_size=8, **full), demo_data)
+    losses = [straight.step().loss for _ in range(12)]
+    first = FineTune("builtin:tiny-llama", "full", TrialParams(max_steps=12, batch_size=8, **full), demo_data)
+    for _ in range(6):
+        first.step()
+    info = ckpt.save(first, tmp_path)
+    assert (info.path / "model.safetensors").is_file()
+    resumed = FineTune("builtin:tiny-llama", "full", TrialParams(max_steps=12, batch_size=8, **full), demo_data,
+                       weights_dir=str(info.path))
+    ckpt.restore(resumed, info.path)
+    assert [resumed.step().loss for _ in range(6)] == pytest.approx(losses[6:], rel=1e-5)
+
+
+def test_ctrl_c_in_headless_mode_stops_cleanly(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict(params={"max_steps": 5000}, study={"n_trials": 2})))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tui_tuner.cli", "run", str(preset), "--headless",
+                             "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (run_dir / "trials/1/metrics.jsonl").is_file()
+             and len((run_dir / "trials/1/metrics.jsonl").read_text().splitlines()) > 3, what="2 trials", timeout=120)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopping" in out and "interrupted at step" in out and "Traceback" not in err
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    study = optuna.load_study(study_name="test", storage=optuna.storages.JournalStorage(backend))
+    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
+    assert all(ckpt.list_checkpoints(run_dir / "trials" / str(t.number)) for t in study.trials)

@@ -127,7 +127,7 @@ def test_run_dir_files(make_sweep):
     steps = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval_loss" in r]
     assert [r["step"] for r in steps] == list(range(1, 41))
-    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mem_bytes", "time"}
+    assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "time"}
     assert [r["step"] for r in evals] == [10, 20, 30, 40]
     kinds = [json.loads(x)["event"] for x in (run / "events.jsonl").read_text().splitlines()]
     assert "started" in kinds and "complete" in kinds and kinds[-1] == "sweep_stopped"

@@ -148,3 +148,25 @@ def test_unset_batch_size_uses_the_rule_and_says_so(tmp_path):
     sweep.stop()
     n = len(sweep.data.train)
     assert msgs and f"using {max(1, min(256, round(0.002 * n)))} (~0.2% of {n}" in msgs[0]
+
+
+def test_hub_model_that_cannot_be_fetched_is_one_line(tmp_path):
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "tui_tuner.cli", "run", "smollm2-135m-lora", "--headless",
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tui-tuner: error: cannot load tokenizer for "
+                                                   "'HuggingFaceTB/SmolLM2-135M'"), r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "gp", "cmaes"])
+@pytest.mark.parametrize("pruner", ["none", "median", "successive_halving", "hyperband"])
+def test_every_sampler_and_pruner_is_constructed(sampler, pruner):
+    from tui_tuner.engine.study import make_pruner, make_sampler
+
+    raw = tiny_preset_dict(study={"sampler": sampler, "pruner": pruner})
+    raw["search"] = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "step": 1e-4}}
+    p = Preset.from_dict(raw)
+    assert make_sampler(p) is not None and make_pruner(p, 100) is not None

@@ -131,3 +131,50 @@ def test_eval_loss_is_finite_and_deterministic(demo_data):
     ft = FineTune("builtin:tiny-llama", "lora", _params(), data)
     a, b = ft.evaluate(), ft.evaluate()
     assert math.isfinite(a) and a == b
+
+
+def test_adalora_trains_and_reallocates_ranks(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "adalora", _params(max_steps=60, lora_r=4, learning_rate=1e-2), data)
+    before = ft.evaluate()
+    for _ in range(60):
+        ft.step()
+    assert ft.evaluate() < before - 0.5
+    ranks = ft.model.peft_config["default"].rank_pattern
+    assert ranks, "AdaLoRA should have computed a rank pattern after its warm-up"
+
+
+def test_label_smoothing_raises_the_training_loss_of_the_same_batch(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(), data)
+    batch = ft.stream.next()
+    plain = ft._loss(batch, 0.0)
+    smooth = ft._loss(batch, 0.3)
+    assert float(smooth[0] / smooth[1]) != pytest.approx(float(plain[0] / plain[1]))
+
+
+def test_text_and_chat_formats(demo_data, tmp_path):
+    import json
+
+    from tui_tuner.training.data import detect_format, load_records
+
+    tok, _ = demo_data
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+    rows = load_records(str(path))
+    assert detect_format(rows, "auto", str(path)) == "chat"
+    (ex,) = tokenize(rows, "chat", tok, 100, str(path))
+    prompt = tok("<user>hi\n<assistant>", add_special_tokens=False)["input_ids"]
+    assert ex.ids[: ex.prompt_len] == prompt  # the loss covers only the assistant's answer
+    assert tok.decode(ex.ids[ex.prompt_len :], skip_special_tokens=True) == "yo\n"
+    (t,) = tokenize([{"text": "abc"}], "text", tok, 100, "x")
+    assert t.prompt_len == 0 and len(t.ids) == 4  # 3 bytes + EOS
+
+
+def test_epochs_budget(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", TrialParams(epochs=0.5, batch_size=16, grad_accum=2), data)
+    assert ft.total_steps == math.ceil(math.ceil(len(data.train) / 32) * 0.5)

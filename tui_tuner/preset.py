@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 class ModelSection(_Strict):
     name: str = Field(description="hub id, local path, or builtin:tiny-llama")
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "adalora", "full"] = "lora"
     trust_remote_code: bool = False
 
 

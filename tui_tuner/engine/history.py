@@ -70,7 +70,7 @@ def downsample(pts: list[tuple[float, float]], max_points: int) -> list[tuple[fl
     return out
 
 
-METRIC_KEYS = ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "mem_bytes")
+METRIC_KEYS = ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes")
 
 
 class TrialHistory:

@@ -148,7 +148,8 @@ class TrialRunner:
             if not math.isfinite(m.loss):
                 raise Diverged(f"train loss is {m.loss} at step {m.step} (lr={m.lr:.3g}): diverged")
             row = {"step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
-                   "tokens_per_s": m.tokens_per_s, "mem_bytes": m.mem_bytes, "time": time.time()}
+                   "tokens_per_s": m.tokens_per_s, "step_time": m.step_time, "mem_bytes": m.mem_bytes,
+                   "time": time.time()}
             self.metrics.write(row)
             run.history.record(row)
             run.last.update(row)

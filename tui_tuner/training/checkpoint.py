@@ -86,7 +86,7 @@ def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
     Hyperparameters are re-applied afterwards (`ft.apply_params`) because optimizer.load_state_dict
     brings back the saved LR, betas and weight decay."""
     state = load_state(ckpt)
-    if ft.method == "lora":
+    if ft.method in ("lora", "adalora"):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 

@@ -74,7 +74,8 @@ class FineTune:
         self.params, self.data, self.method = params, data, method
         self.device = pick_device(device)
         self.amp_dtype = autocast_dtype(precision, self.device)
-        self.model = build_model(model_name, method, params, self.device, weights_dir, trust_remote_code)
+        self.model = build_model(model_name, method, params, self.device, weights_dir, trust_remote_code,
+                                 total_steps(params, len(data.train)))
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=params.learning_rate)
@@ -150,6 +151,9 @@ class FineTune:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.method == "adalora":
+            # Rank reallocation scores use this step's gradients: before zero_grad.
+            self.model.base_model.update_and_allocate(self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
         self.step_count += 1
         dt = time.perf_counter() - t0

@@ -101,10 +101,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def build_model(
     name: str, method: str, params: TrialParams, device: torch.device,
-    weights_dir: str | None = None, trust_remote_code: bool = False,
+    weights_dir: str | None = None, trust_remote_code: bool = False, total_steps: int = 1,
 ) -> torch.nn.Module:
-    """Base model (or a full fine-tune's checkpoint) plus LoRA adapters, seeded with the trial's seed."""
-    from peft import LoraConfig, get_peft_model
+    """Base model (or a full fine-tune's checkpoint) plus LoRA/AdaLoRA adapters, seeded with the trial's seed."""
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     _quiet_transformers()
@@ -115,11 +115,8 @@ def build_model(
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot load model {name!r}: {_first_line(e)}{_offline_hint(name)}") from None
-        if method == "lora":
-            cfg = LoraConfig(
-                r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
-                target_modules=params.target_modules(), task_type="CAUSAL_LM",
-            )
+        if method in ("lora", "adalora"):
+            cfg = adapter_config(method, params, total_steps)
             try:
                 model = get_peft_model(model, cfg)
             except ValueError as e:
@@ -127,6 +124,20 @@ def build_model(
         else:
             freeze_layers(model, params.freeze_layers)
     return model.to(device)
+
+
+def adapter_config(method: str, params: TrialParams, total_steps: int) -> Any:
+    from peft import AdaLoraConfig, LoraConfig
+
+    common = dict(lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+                  target_modules=params.target_modules(), task_type="CAUSAL_LM")
+    if method == "lora":
+        return LoraConfig(r=params.lora_r, **common)
+    # AdaLoRA starts at 1.5x the target rank and prunes to lora_r on average: warm up for the first 10 % of
+    # the steps, reallocate every 10 steps, freeze the ranks for the last 20 %.
+    return AdaLoraConfig(init_r=max(params.lora_r, round(params.lora_r * 1.5)), target_r=params.lora_r,
+                         tinit=total_steps // 10, tfinal=total_steps // 5, deltaT=10,
+                         total_step=max(total_steps, 1 + total_steps // 10 + total_steps // 5), **common)
 
 
 def freeze_layers(model: torch.nn.Module, n: int) -> None:
