@@ -255,3 +255,28 @@ def test_ctrl_c_in_headless_mode_stops_cleanly(tmp_path):
     study = optuna.load_study(study_name="test", storage=optuna.storages.JournalStorage(backend))
     assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all(ckpt.list_checkpoints(run_dir / "trials" / str(t.number)) for t in study.trials)
+
+
+def test_resume_after_a_clean_stop_continues_interrupted_trials_as_forks(make_sweep):
+    sweep = make_sweep(params={"max_steps": 150}, study={"n_trials": 2, "concurrency": 2},
+                       checkpoints={"interval": 1000}).start()
+    wait_for(lambda: len(sweep.trials()) == 2 and all(t.step >= 5 for t in sweep.trials()), what="2 trials")
+    sweep.stop()
+    stopped_at = {t.number: t.step for t in sweep.trials()}
+    again = Sweep.resume(sweep.run_dir).start()
+    try:
+        assert again.wait(180)
+        by_parent = {t.parent: t for t in again.trials() if t.parent is not None}
+        assert set(by_parent) == {0, 1}
+        for parent, child in by_parent.items():
+            assert child.fork_step == stopped_at[parent] and child.state == "complete" and child.step == 150
+        assert {t.number: t.state for t in again.trials() if t.parent is None} == {0: "pruned", 1: "pruned"}
+    finally:
+        again.stop()
+    # A second resume does not continue them again.
+    third = Sweep.resume(sweep.run_dir).start()
+    try:
+        assert third.wait(60)
+        assert len(third.trials()) == 4
+    finally:
+        third.stop()

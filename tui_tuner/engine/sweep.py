@@ -441,6 +441,24 @@ class Sweep:
                 run.started_at = t.datetime_start.timestamp() if t.datetime_start else None
                 run.finished_at = t.datetime_complete.timestamp() if t.datetime_complete else None
                 self._runs[t.number] = run
+        self._continue_interrupted()
+
+    def _continue_interrupted(self) -> None:
+        """Trials a clean stop interrupted are finished in Optuna (immutable): continue each as a fork of itself
+        from its stop checkpoint, once (user attr `continues`)."""
+        trials = self.study.get_trials(deepcopy=False)
+        done = {t.user_attrs.get("continues") for t in trials}
+        for t in trials:
+            path = t.user_attrs.get("interrupted_checkpoint")
+            if t.state != TrialState.PRUNED or not path or t.number in done or not Path(path).is_dir():
+                continue
+            run = self._runs[t.number]
+            source = ckpt.CheckpointInfo(t.user_attrs["interrupted_at_step"], Path(path), None, 0.0)
+            child = self._enqueue(run.params, {"origin": "fork", "parent_trial": t.number, "continues": t.number,
+                                               "fork_step": source.step, "fork_checkpoint": path},
+                                  copy_checkpoint=source)
+            self.events.emit("forked", child, f"trial {child} continues interrupted trial {t.number} "
+                             f"from step {source.step}", parent=t.number, step=source.step)
 
 
 def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[int, TrialRun]) -> None:
