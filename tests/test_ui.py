@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import textual.app
+import textual.pilot
 from optuna.trial import TrialState
 
 from tui_tuner import Preset, Sweep
@@ -31,6 +33,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True)
+def quick_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Textual's pilot waits for the *process* to go idle (up to 1 s per key); training threads never let it.
+    Tests here wait on explicit conditions instead."""
+
+    async def short_wait(min_sleep: float = 0.0, max_sleep: float = 1.0) -> None:
+        await asyncio.sleep(max(0.02, min(min_sleep, 0.1)))
+
+    monkeypatch.setattr(textual.app, "wait_for_idle", short_wait)
+    monkeypatch.setattr(textual.pilot, "wait_for_idle", short_wait)
+
+
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The tiny model is built once per session (conftest may already point the cache somewhere)."""
@@ -49,7 +63,7 @@ async def until(pilot: object, cond: Callable[[], bool], timeout: float = 20.0) 
     while not cond():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
-        await pilot.pause(0.05)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)  # not pilot.pause: waiting for idle is slow while trials train
 
 
 def study_state(sweep: Sweep, n: int) -> TrialState:
@@ -79,11 +93,9 @@ async def test_pause_then_resume_selected_trial(sweep: Sweep) -> None:
 
 async def test_repeated_key_is_debounced(sweep: Sweep) -> None:
     app = app_for(sweep)
-    async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: running(sweep, 0))
-        await pilot.press("+", "+", "+")
-        await until(pilot, lambda: sweep.concurrency == 3)
-        await pilot.pause(0.1)
+    async with app.run_test(size=(100, 30)):
+        for _ in range(3):  # a held key: three repeats well within the debounce window
+            app.action_concurrency(1)
         assert sweep.concurrency == 3
 
 
@@ -123,7 +135,8 @@ async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
             with sweep.study_lock:
                 for t in sweep.study.get_trials(deepcopy=False):
                     if t.user_attrs.get("origin") == "fork":
-                        return {"parent": t.user_attrs["parent_trial"], "params": t.params}
+                        return {"parent": t.user_attrs["parent_trial"],
+                                "params": t.params or t.system_attrs.get("fixed_params", {})}
             return None
 
         await until(pilot, lambda: child() is not None)
@@ -173,9 +186,13 @@ async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: running(sweep, 0) and app.query_one("TrialsTable").selected == 0)
         await pilot.press("enter")
-        await until(pilot, lambda: type(app.screen).__name__ == "TrialDetailScreen")
-        text = str(app.screen.query_one("#detail-text").render())
-        assert "learning_rate" in text and "origin" in text
+
+        def detail() -> str:
+            found = app.screen.query("#detail-text")
+            return str(found.first().render()) if found else ""
+
+        await until(pilot, lambda: "learning_rate" in detail())
+        assert "origin" in detail() and "checkpoints" in detail()
         await pilot.press("escape")
         await pilot.press("question_mark")
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")

@@ -9,9 +9,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from textual import on
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
@@ -33,6 +34,7 @@ from tui_tuner.ui.trials_table import TrialsTable
 PANELS = ("loss", "lr", "system", "events")
 DEBOUNCE_S = 0.3
 WIDE = (140, 40)  # from this size on, all panels show at once instead of as tabs
+CHART_EVERY_S = 1.0  # new data redraws a chart at most this often (selection, log-y, resize redraw at once)
 
 
 class TuiTunerApp(App[int]):
@@ -67,7 +69,8 @@ class TuiTunerApp(App[int]):
         self._unsubscribe: Callable[[], None] | None = None
         self._accepting = False
         self._last_key: dict[str, float] = {}
-        self._chart_sigs: dict[str, object] = {}
+        self._chart_sigs: dict[str, tuple[object, object]] = {}
+        self._chart_drawn: dict[str, float] = {}
         self._stopping = False
 
     # -- layout --------------------------------------------------------------------------------
@@ -83,6 +86,8 @@ class TuiTunerApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        for name, title in zip(PANELS, ("Loss (l: log y)", "LR", "System", "Events"), strict=True):
+            self.query_one(f"#panel-{name}").border_title = title
         self._accepting = True
         self._unsubscribe = self.source.subscribe(self._engine_callback)
         self.snap = self.source.snapshot()
@@ -131,18 +136,19 @@ class TuiTunerApp(App[int]):
 
     @on(EngineEvent)
     def _engine_event(self, message: EngineEvent) -> None:
-        self.query_one(EventLogPanel).add(message.event)
-        if message.event.kind != "checkpoint":
-            self.refresh_view()
+        with contextlib.suppress(NoMatches, ScreenStackError):  # a message that lands while the app closes
+            self.query_one(EventLogPanel).add(message.event)
+            if message.event.kind != "checkpoint":
+                self.refresh_view()
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh_view(self) -> None:
         """Pull the newest snapshot and redraw what changed; skipped while another screen is on top."""
-        if self.screen is not self.screen_stack[0]:
+        if not self.is_running or not self.screen_stack or self.screen is not self.screen_stack[0]:
             return
         snap = self.source.snapshot()
         self.snap = snap
-        with self.batch_update():
+        with self.batch_update(), contextlib.suppress(NoMatches):
             self.query_one(StatusLine).show(snap)
             table = self.query_one(TrialsTable)
             table.show(snap)
@@ -153,18 +159,24 @@ class TuiTunerApp(App[int]):
         sel_version = next((t.version for t in snap.trials if t.number == selected), None)
         if self.panel_visible("loss"):
             chart = self.query_one(LossChart)
-            sig = (versions, selected, self.log_y, chart.size)
-            if self._chart_sigs.get("loss") != sig:
-                self._chart_sigs["loss"] = sig
+            if self._chart_due("loss", (selected, self.log_y, chart.size), versions):
                 chart.draw(self.source, snap, selected, self.log_y)
         if self.panel_visible("lr"):
             lr = self.query_one(LrChart)
-            sig = (selected, sel_version, lr.size)
-            if self._chart_sigs.get("lr") != sig:
-                self._chart_sigs["lr"] = sig
+            if self._chart_due("lr", (selected, lr.size), sel_version):
                 lr.draw(self.source, snap, selected)
         if self.panel_visible("system"):
             self.query_one(SystemPanel).show(self.system.latest() if self.system else None, snap)
+
+    def _chart_due(self, name: str, view: object, data: object) -> bool:
+        """Redraw at once when the view changed (selection, log-y, size); on new data at most every CHART_EVERY_S."""
+        old = self._chart_sigs.get(name)
+        now = time.monotonic()
+        if old is not None and old[0] == view and (old[1] == data or now - self._chart_drawn[name] < CHART_EVERY_S):
+            return False
+        self._chart_sigs[name] = (view, data)
+        self._chart_drawn[name] = now
+        return True
 
     @on(DataTable.RowHighlighted)
     def _row_changed(self) -> None:
@@ -230,7 +242,8 @@ class TuiTunerApp(App[int]):
             self.notify(message.error, severity="error")
         else:
             self.notify(f"{message.what}: trial #{message.result}")
-        self.refresh_view()
+        with contextlib.suppress(ScreenStackError):
+            self.refresh_view()
 
     # -- actions -------------------------------------------------------------------------------
     def action_pause_resume(self) -> None:

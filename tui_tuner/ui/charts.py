@@ -46,15 +46,14 @@ class Chart(PlotWidget, can_focus=False):
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(allow_pan_and_zoom=False, **kwargs)  # type: ignore[arg-type]
-
-    def on_mount(self) -> None:
-        self.margin_top = 0
-        self.margin_bottom = 2
-        self.margin_left = 8
+        # set without watchers: PlotWidget.on_mount applies the margins once its grid exists
+        self.set_reactive(PlotWidget.margin_top, 0)
+        self.set_reactive(PlotWidget.margin_bottom, 2)
+        self.set_reactive(PlotWidget.margin_left, 8)
 
     @property
     def max_points(self) -> int:
-        return max(32, self.size.width * 2)
+        return max(32, self.size.width)
 
 
 class LossChart(Chart):

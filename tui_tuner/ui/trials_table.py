@@ -16,9 +16,9 @@ STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cy
 
 # key, label, width (None: auto)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("number", "#", 3), ("state", "state", 8), ("step", "step", 11), ("loss", "loss", 6), ("eval", "eval", 6),
-    ("best", "best", 6), ("lr", "lr", 8), ("tok_s", "tok/s", 6), ("mem", "mem", 7), ("parent", "fork of", 8),
-    ("params", "params", None),
+    ("number", "#", 3), ("state", "state", 8), ("step", "step", 9), ("loss", "loss", 5), ("eval", "eval", 5),
+    ("best", "best", 5), ("lr", "lr", 7), ("parent", "fork of", 8), ("params", "params", None),
+    ("tok_s", "tok/s", 6), ("mem", "peak mem", 8),
 )
 
 
@@ -43,8 +43,8 @@ def trial_cells(t: TrialSnapshot) -> tuple[Any, ...]:
     params = fmt_params({**t.params, **t.overrides})
     return (Text(str(t.number), justify="right"), Text(state, style=STATE_STYLE.get(t.state, "")),
             Text(step, justify="right"), fmt_float(t.loss, 3), fmt_float(t.eval_loss, 3),
-            fmt_float(t.best_eval_loss, 3), fmt_float(t.lr, 2), fmt_float(t.tokens_per_s, 0),
-            fmt_bytes(t.peak_mem_bytes), parent, params)
+            fmt_float(t.best_eval_loss, 3), fmt_float(t.lr, 2), parent, params, fmt_float(t.tokens_per_s, 0),
+            fmt_bytes(t.peak_mem_bytes))
 
 
 class TrialsTable(DataTable):
