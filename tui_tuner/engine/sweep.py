@@ -254,10 +254,9 @@ class Sweep:
     def trials(self) -> list[TrialSnapshot]:
         with self._cond:
             runs = list(self._runs.values())
-            queued = self._waiting_numbers()
+            queued = self._waiting()
         snaps = [r.snapshot() for r in runs]
-        snaps += [TrialSnapshot(number=q, state="waiting", step=0, total_steps=None, params={}, overrides={})
-                  for q in queued if q not in self._runs]
+        snaps += [_waiting_snapshot(t) for t in queued if t.number not in self._runs]
         return sorted(snaps, key=lambda s: s.number)
 
     def trial(self, n: int) -> TrialSnapshot:
@@ -385,11 +384,11 @@ class Sweep:
     def _trial_dir(self, n: int) -> Path:
         return self.run_dir / "trials" / str(n)
 
-    def _waiting_numbers(self) -> list[int]:
+    def _waiting(self) -> list[optuna.trial.FrozenTrial]:
         if self._queued == 0:
             return []
         with self.study_lock:
-            return [t.number for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+            return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     def _active(self, n: int) -> TrialRun:
         run = self._runs.get(n)
@@ -459,6 +458,14 @@ class Sweep:
                                   copy_checkpoint=source)
             self.events.emit("forked", child, f"trial {child} continues interrupted trial {t.number} "
                              f"from step {source.step}", parent=t.number, step=source.step)
+
+
+def _waiting_snapshot(t: optuna.trial.FrozenTrial) -> TrialSnapshot:
+    """A queued (enqueued or forked) trial: its fixed params and lineage are known before it starts."""
+    a = t.user_attrs
+    return TrialSnapshot(number=t.number, state="waiting", step=0, total_steps=None,
+                         params=dict(t.system_attrs.get("fixed_params", {})), overrides=dict(a.get("overrides", {})),
+                         parent=a.get("parent_trial"), fork_step=a.get("fork_step"), origin=a.get("origin", "sampler"))
 
 
 def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[int, TrialRun]) -> None:

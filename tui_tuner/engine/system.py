@@ -105,7 +105,7 @@ def sample_once(nvml: NvmlReader | None = None) -> SystemSample:
 class SystemSampler:
     """Daemon thread sampling every `interval` s into a back buffer, swapped in under a lock (nvitop-style)."""
 
-    def __init__(self, interval: float = 1.0):
+    def __init__(self, interval: float = 2.0):
         self.interval = interval
         self._lock = threading.Lock()
         self._front: SystemSample | None = None

@@ -34,7 +34,7 @@ from tui_tuner.ui.trials_table import TrialsTable
 PANELS = ("loss", "lr", "system", "events")
 DEBOUNCE_S = 0.3
 WIDE = (140, 40)  # from this size on, all panels show at once instead of as tabs
-CHART_EVERY_S = 1.0  # new data redraws a chart at most this often (selection, log-y, resize redraw at once)
+CHART_EVERY_S = 2.0  # new data redraws a chart at most this often (selection, log-y, resize redraw at once)
 
 
 class TuiTunerApp(App[int]):
@@ -56,7 +56,7 @@ class TuiTunerApp(App[int]):
           for i, p in enumerate(PANELS)),
     ]
 
-    def __init__(self, source: SweepSource, system: SystemSource | None = None, refresh_s: float = 0.4,
+    def __init__(self, source: SweepSource, system: SystemSource | None = None, refresh_s: float = 0.5,
                  live: bool = True) -> None:
         super().__init__()
         self.source = source
@@ -380,4 +380,10 @@ def run_app(sweep: SweepSource) -> int:
         app.detach()
         sweep.stop()
         sampler.stop()
+    from tui_tuner.headless import progress_table, summary
+
+    # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits.
+    print(progress_table(sweep.snapshot()))
+    print(summary(sweep))
+    print(f"run directory: {sweep.run_dir}  (continue with: tui-tuner resume {sweep.run_dir})")
     return code if isinstance(code, int) else 0

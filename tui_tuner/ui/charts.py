@@ -65,7 +65,8 @@ class LossChart(Chart):
         pts = self.max_points
         numbers = [t.number for t in snap.trials if t.state != "waiting" and t.number != selected]
         for n in numbers:
-            xs, ys = _xy(source.series(n, "loss", pts), log_y)
+            # Dim context lines at half resolution: plot cost follows the number of points, not the width.
+            xs, ys = _xy(source.series(n, "loss", pts // 2), log_y)
             if xs:
                 self.plot(xs, ys, line_style=OTHER, hires_mode=HiResMode.BRAILLE)
         if selected is not None:
