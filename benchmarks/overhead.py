@@ -44,7 +44,7 @@ def bare_step_times(p: Preset) -> list[float]:
     return times
 
 
-def in_thread(fn, *args):  # noqa: ANN001, ANN202
+def in_thread(fn, *args):
     """Run fn in a fresh thread, as trials run, so thread-vs-main-thread effects are not billed to the engine."""
     import threading
 
