@@ -168,3 +168,18 @@ def test_engine_and_training_never_import_textual():
                                or n.startswith("textual")) for n in names), f"{f} imports {names}"
     code = "import sys, tui_tuner, tui_tuner.engine.sweep, tui_tuner.headless; assert 'textual' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reloaded_history_takes_the_later_lines_after_a_resume(tmp_path):
+    from tui_tuner.engine.runner import TrialRun
+    from tui_tuner.engine.sweep import _load_history
+    from tui_tuner.params import TrialParams
+
+    lines = [{"step": s, "loss": 10.0 - s} for s in (1, 2, 3, 4)] + [{"step": 4, "eval_loss": 5.0}]
+    lines += [{"step": s, "loss": 100.0 + s} for s in (3, 4, 5)]  # resumed from a step-2 checkpoint
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    run = TrialRun(number=0, trial=None, params=TrialParams(max_steps=5), searched={}, overrides={},
+                   trial_dir=tmp_path)
+    _load_history(run, tmp_path, None, {})
+    assert run.history.series["loss"].points() == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0), (5, 105.0)]
+    assert run.history.series["eval_loss"].points() == [] and run.step == 5

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from tui_tuner.engine.events import Event, EventLog
-from tui_tuner.engine.history import METRIC_KEYS, TrialHistory
+from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.runner import TrialRun, TrialRunner
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
@@ -205,7 +205,10 @@ class Sweep:
 
     def _fork_source(self, parent: TrialRun, step: int | None) -> ckpt.CheckpointInfo:
         if step is None and parent.active:
-            return self.checkpoint(parent.number)
+            try:
+                return self.checkpoint(parent.number)
+            except OSError as e:
+                raise SweepError(f"fork: could not checkpoint trial {parent.number} now: {e}") from None
         available = ckpt.list_checkpoints(parent.trial_dir)
         if not available:
             raise SweepError(f"fork: trial {parent.number} has no checkpoint")
@@ -471,17 +474,21 @@ def _waiting_snapshot(t: optuna.trial.FrozenTrial) -> TrialSnapshot:
 def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[int, TrialRun]) -> None:
     if run.parent is not None and run.parent in runs and run.fork_step is not None:
         run.history.copy_prefix(runs[run.parent].history, until=run.fork_step)
-    hist = TrialHistory()
+    rows: list[dict[str, Any]] = []
     for row in read_jsonl(trial_dir / "metrics.jsonl"):
+        step = row.get("step", 0)
+        if rows and "loss" in row and step <= rows[-1].get("step", 0):
+            # A resumed trial re-runs the steps after its checkpoint: the later lines win.
+            rows = [r for r in rows if r.get("step", 0) < step]
+        rows.append(row)
+    for row in rows:
         if until is not None and row.get("step", 0) > until:
             continue
-        hist.record(row)
+        run.history.record(row)
         run.last.update({k: v for k, v in row.items() if v is not None and k != "time"})
         if row.get("eval_loss") is not None:
             run.best_eval = row["eval_loss"] if run.best_eval is None else min(run.best_eval, row["eval_loss"])
         run.step = max(run.step, int(row.get("step", 0)))
-    for k, s in hist.series.items():
-        run.history.series[k].extend(s.points())
 
 
 def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:
