@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.conftest import wait_for
-from tui_tuner import SweepError
+from tui_tuner import Sweep, SweepError
 
 LONG = {"max_steps": 5000}
 
@@ -64,6 +64,7 @@ def test_enqueue_runs_the_given_params_next(make_sweep):
                                                                if t.state != "waiting"} else False,
              what="enqueued trial to finish")
     t = _study(sweep).trials[1]
+    assert sweep.trial(1).params == t.params
     assert t.params["learning_rate"] == pytest.approx(0.00123)
     assert t.user_attrs["origin"] == "enqueue"
     assert sweep.trial(1).step == 12  # the fixed-param override took effect too
@@ -133,18 +134,23 @@ def test_run_dir_files(make_sweep):
     assert "started" in kinds and "complete" in kinds and kinds[-1] == "sweep_stopped"
 
 
-def test_pruner_prunes_a_bad_trial(make_sweep):
+@pytest.mark.parametrize("prune_user_trials", [True, False])
+def test_pruner_prunes_a_bad_trial_unless_the_user_asked_for_it(make_sweep, prune_user_trials):
     sweep = make_sweep(params={"max_steps": 60, "eval_interval": 10, "learning_rate": 1e-2},
                        search={"weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
-                       study={"n_trials": 1, "concurrency": 1, "pruner": "median", "pruner_startup_trials": 1})
+                       study={"n_trials": 1, "concurrency": 1, "pruner": "median", "pruner_startup_trials": 1,
+                              "prune_user_trials": prune_user_trials})
     sweep.start()
     assert sweep.wait(120)
     bad = sweep.enqueue({"learning_rate": 1e-6})
     time.sleep(0.1)
     assert sweep.wait(120)
     assert sweep.trial(0).state == "complete"
-    assert sweep.trial(bad).state == "pruned" and sweep.trial(bad).step == 10
-    assert not sweep.trial(bad).stopped_by_user
+    if prune_user_trials:
+        assert sweep.trial(bad).state == "pruned" and sweep.trial(bad).step == 10
+        assert not sweep.trial(bad).stopped_by_user
+    else:
+        assert sweep.trial(bad).state == "complete" and sweep.trial(bad).step == 60
 
 
 def test_enqueue_rejects_bad_params_in_one_line(make_sweep):
@@ -183,3 +189,50 @@ def test_reloaded_history_takes_the_later_lines_after_a_resume(tmp_path):
     _load_history(run, tmp_path, None, {})
     assert run.history.series["loss"].points() == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0), (5, 105.0)]
     assert run.history.series["eval_loss"].points() == [] and run.step == 5
+
+
+def test_enqueue_samples_the_searched_params_it_does_not_name_and_queued_trials_are_visible(make_sweep):
+    sweep = make_sweep(params=LONG, search={"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                                            "weight_decay": {"type": "float", "low": 0.01, "high": 0.1}},
+                       study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 1, what="trial 0")
+    n = sweep.enqueue({"learning_rate": 0.002})
+    queued = sweep.trial(n)
+    assert queued.state == "waiting" and queued.params == {"learning_rate": 0.002}
+    sweep.kill(0)
+    wait_for(lambda: sweep.trial(n).state == "running", what="enqueued trial starts")
+    params = sweep.trial(n).params
+    assert params["learning_rate"] == 0.002 and 0.01 <= params["weight_decay"] <= 0.1
+
+
+def test_a_failing_event_listener_does_not_hurt_the_trial(make_sweep):
+    sweep = make_sweep(study={"n_trials": 1, "concurrency": 1}).start()
+
+    def broken(_ev):
+        raise BrokenPipeError
+
+    sweep.subscribe(broken)
+    assert sweep.wait(120)
+    assert sweep.trial(0).state == "complete"
+
+
+def test_resume_does_not_replay_the_samplers_proposals(make_sweep, tmp_path):
+    sweep = make_sweep(params={"max_steps": 5}, study={"n_trials": 2, "concurrency": 1, "sampler": "random"}).start()
+    assert sweep.wait(60)
+    sweep.stop()
+    again = Sweep.resume(sweep.run_dir, n_trials=4).start()
+    try:
+        assert again.wait(60)
+        lrs = [t.params["learning_rate"] for t in again.trials()]
+        assert len(lrs) == 4 and len(set(lrs)) == 4
+    finally:
+        again.stop()
+
+
+def test_bad_storage_url_is_one_line_and_writes_nothing(tmp_path):
+    from tests.conftest import tiny_preset_dict
+    from tui_tuner import Preset
+
+    with pytest.raises(SweepError, match=r"^--storage bogus://x: "):
+        Sweep(Preset.from_dict(tiny_preset_dict()), tmp_path / "run", storage="bogus://x").start()
+    assert not (tmp_path / "run").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
@@ -42,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # transformers' deprecation chatter is for library authors, not for someone watching a sweep.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -71,6 +74,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.n_trials is not None:
             preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
         if args.dry_run:
+            check_data_files(preset)
             print(dry_run(preset))
             return 0
         run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
@@ -86,6 +90,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from tui_tuner.ui.app import run_app
 
     return run_app(sweep)
+
+
+def check_data_files(preset: Preset) -> None:
+    """Parse the JSONL files and tell their format (tokenising needs the model, which a dry run does not load)."""
+    from tui_tuner.training.data import detect_format, load_records
+
+    for path in filter(None, (preset.data.train, preset.data.eval)):
+        detect_format(load_records(path), preset.data.format, path)
 
 
 def dry_run(preset: Preset) -> str:

@@ -40,7 +40,7 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
     full = {**preset.params.model_dump(), **t_overrides(best), **best.params}
     (out / "best_params.json").write_text(json.dumps(
-        {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2))
+        {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2) + "\n")
     ckpts = list_checkpoints(run_dir / "trials" / str(best.number))
     where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
     return (f"wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"

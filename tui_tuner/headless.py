@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from typing import TextIO
@@ -19,13 +20,13 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdou
 
     def on_event(ev: Event) -> None:
         if ev.kind not in QUIET_EVENTS:
-            with lock:
+            with lock, contextlib.suppress(BrokenPipeError):  # `| head`, or a tee killed by the same Ctrl-C
                 print(f"[{_clock(ev.time)}] {ev.message}", file=out, flush=True)
 
     unsubscribe = sweep.subscribe(on_event)
     try:
         while not sweep.wait(table_every):
-            with lock:
+            with lock, contextlib.suppress(BrokenPipeError):
                 print(progress_table(sweep.snapshot()), file=out, flush=True)
     except KeyboardInterrupt:
         print("stopping: running trials checkpoint and end at their next step (Ctrl-C again to force)",
@@ -33,8 +34,9 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdou
     finally:
         sweep.stop()
         unsubscribe()
-    print(progress_table(sweep.snapshot()), file=out)
-    print(summary(sweep), file=out, flush=True)
+    with contextlib.suppress(BrokenPipeError):
+        print(progress_table(sweep.snapshot()), file=out)
+        print(summary(sweep), file=out, flush=True)
     return 0
 
 
@@ -46,11 +48,9 @@ def progress_table(snap: SweepSnapshot) -> str:
     lines = [head, f"{'#':>4} {'state':<9} {'step':>11} {'loss':>7} {'eval':>7} {'best':>7} {'lr':>8} "
              f"{'tok/s':>7} {'mem':>7}  params"]
     for t in snap.trials:
-        if t.state == "waiting":
-            continue
-        step = f"{t.step}/{t.total_steps or '?'}"
+        step = f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
         lines.append(
-            f"{t.number:>4} {t.state:<9} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
+            f"{t.number:>4} {t.display_state:<9} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
             f"{fmt_float(t.best_eval_loss):>7} {fmt_float(t.lr, 2):>8} {fmt_float(t.tokens_per_s, 0):>7} "
             f"{fmt_bytes(t.peak_mem_bytes):>7}  {fmt_params(t.params)}"
             + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")

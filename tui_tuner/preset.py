@@ -91,6 +91,7 @@ class StudySection(_Strict):
     timeout: float | None = Field(None, gt=0)
     concurrency: int = Field(2, ge=1)
     paused_frees_slot: bool = False
+    prune_user_trials: bool = Field(False, description="let the pruner stop trials you enqueued or forked")
 
 
 class CheckpointSection(_Strict):
@@ -156,7 +157,7 @@ class Preset(_Strict):
         try:
             preset = cls.model_validate(raw)
         except ValidationError as e:
-            raise PresetError("\n".join(_format_errors(e, source))) from None
+            raise PresetError("\n".join(_format_errors(e, source, overrides or []))) from None
         preset.check_paths(source)
         return preset
 
@@ -199,7 +200,9 @@ def _did_you_mean(key: str, options: frozenset[str] | list[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _format_errors(err: ValidationError, source: str) -> list[str]:
+def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> list[str]:
+    """One line per problem; a problem in a field set with --set names the --set, not the file."""
+    set_keys = [o.partition("=")[0].strip() for o in overrides]
     lines = []
     for e in err.errors():
         loc = [str(p) for p in e["loc"] if not str(p).startswith(("function-after", "tagged-union"))]
@@ -207,15 +210,20 @@ def _format_errors(err: ValidationError, source: str) -> list[str]:
         if len(loc) >= 3 and loc[0] == "search" and loc[2] in ("float", "int", "categorical"):
             loc.pop(2)
         field = ".".join(loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            options = _fields_at(loc[:-1])
-            lines.append(f"{source}: {field}: unknown key{_did_you_mean(loc[-1], options)}")
+        from_set = any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in set_keys)
+        where = f"--set {field}" if from_set else f"{source}: {field}"
+        got = e.get("input")
+        if e["type"] == "union_tag_not_found":
+            msg = 'needs type = "float", "int" or "categorical"'
+        elif e["type"] == "union_tag_invalid" and isinstance(got, dict):
+            msg = f"type {got.get('type')!r} is not float, int or categorical"
+        elif e["type"] == "extra_forbidden":
+            msg = f"unknown key{_did_you_mean(loc[-1], _fields_at(loc[:-1]))}"
         elif e["type"] == "missing":
-            lines.append(f"{source}: {field}: required field is missing")
+            msg = "required field is missing"
         else:
-            got = e.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
-            lines.append(f"{source}: {field}: {e['msg']}{got_s}")
+            msg = e["msg"] + (f" (got {got!r})" if not isinstance(got, dict) else "")
+        lines.append(f"{where}: {msg}")
     return lines
 
 

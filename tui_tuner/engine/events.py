@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections import deque
@@ -25,6 +26,7 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -42,7 +44,10 @@ class EventLog:
             listeners = list(self._listeners)
         self._writer.write({"time": ev.time, "event": kind, "trial": trial, "message": message, **data})
         for fn in listeners:
-            fn(ev)  # listeners must not block: the UI's posts a message, headless prints
+            try:
+                fn(ev)  # listeners must not block: the UI's posts a message, headless prints
+            except Exception:  # a client's bug (or a closed pipe) must not end the trial that emitted
+                log.exception("event listener %r failed", fn)
         return ev
 
     def since(self, seq: int) -> list[Event]:

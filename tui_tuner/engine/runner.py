@@ -107,7 +107,10 @@ class TrialRunner:
         except optuna.TrialPruned:
             self._finish_pruned(user=False)
         except Exception as e:  # a failing trial must not take the sweep down
-            self._finish_failed(e)
+            if sw.stopping:  # e.g. interpreter shutdown under a trial still building: not the trial's fault
+                self._finish_stopped()
+            else:
+                self._finish_failed(e)
         finally:
             if run.active:  # a handler itself failed: never leave the trial looking alive
                 run.state, run.finished_at = "fail", time.time()
@@ -188,6 +191,8 @@ class TrialRunner:
         run = self.run
         if run.trial is None or run.control.paused:
             return
+        if run.origin in ("enqueue", "fork") and not self.sweep.preset.study.prune_user_trials:
+            return  # a trial the user asked for runs to its end unless the preset says otherwise
         with self.sweep.study_lock:
             prune = run.trial.should_prune()
         if prune:

@@ -46,6 +46,11 @@ class TrialSnapshot:
     def active(self) -> bool:
         return self.state in ("running", "paused")
 
+    @property
+    def display_state(self) -> str:
+        """The state as a word for people: a pruned trial the user killed reads "killed"."""
+        return "killed" if self.state == "pruned" and self.stopped_by_user else self.state
+
 
 @dataclass(frozen=True)
 class SweepSnapshot:

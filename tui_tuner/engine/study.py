@@ -23,20 +23,23 @@ def make_storage(run_dir: Path, url: str | None) -> optuna.storages.BaseStorage:
     return optuna.storages.JournalStorage(JournalFileBackend(str(run_dir / "optuna.journal")))
 
 
-def make_sampler(preset: Preset) -> optuna.samplers.BaseSampler:
+def make_sampler(preset: Preset, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """`seed_offset` (the number of trials already in the study) keeps a resumed sweep from replaying the
+    proposals its seed made before."""
     s = preset.study
+    seed = None if s.sampler_seed is None else s.sampler_seed + seed_offset
     match s.sampler:
         case "tpe":
             # constant_liar: concurrent asks see running trials as bad, so they spread out.
-            return optuna.samplers.TPESampler(seed=s.sampler_seed, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         case "random":
-            return optuna.samplers.RandomSampler(seed=s.sampler_seed)
+            return optuna.samplers.RandomSampler(seed=seed)
         case "grid":
-            return _GridSampler(grid_space(preset), seed=s.sampler_seed)
+            return _GridSampler(grid_space(preset), seed=seed)
         case "gp":
-            return optuna.samplers.GPSampler(seed=s.sampler_seed)
+            return optuna.samplers.GPSampler(seed=seed)
         case "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=s.sampler_seed)
+            return optuna.samplers.CmaEsSampler(seed=seed)
     raise ValueError(s.sampler)
 
 

@@ -90,6 +90,7 @@ class Sweep:
         p = self.preset
         torch.set_num_threads(p.device.threads_per_trial)
         self.tokenizer, self.data = prepare_data(p.model.name, p.data, p.model.trust_remote_code)
+        storage = self._url_storage()  # a bad --storage fails here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "trials").mkdir(exist_ok=True)
         if not self._resuming:
@@ -98,10 +99,12 @@ class Sweep:
         self.events = EventLog(self.run_dir / "events.jsonl")
         self._max_steps_hint = total_steps(p.params, len(self.data.train))
         self.study = optuna.create_study(
-            study_name=p.study_name, storage=make_storage(self.run_dir, self.storage_url),
+            study_name=p.study_name, storage=storage or make_storage(self.run_dir, None),
             sampler=make_sampler(p), pruner=make_pruner(p, self._max_steps_hint),
             direction="minimize", load_if_exists=True,
         )
+        if self._resuming:
+            self.study.sampler = make_sampler(p, seed_offset=len(self.study.get_trials(deepcopy=False)))
         self._started_at = time.time()
         if self._resuming:
             self._reload()
@@ -111,6 +114,15 @@ class Sweep:
         self._scheduler.start()
         atexit.register(self.stop)
         return self
+
+    def _url_storage(self) -> optuna.storages.BaseStorage | None:
+        if not self.storage_url:
+            return None
+        try:
+            return make_storage(self.run_dir, self.storage_url)
+        except Exception as e:  # SQLAlchemy raises many types; the user needs the one line
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SweepError(f"--storage {self.storage_url}: {first}") from None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the budget is spent and every trial has ended; True if it has."""
@@ -140,6 +152,10 @@ class Sweep:
     def finished(self) -> bool:
         return self._done.is_set()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     # -- commands ------------------------------------------------------------------------------
     def pause(self, n: int) -> None:
         self._active(n).control.pause()
@@ -168,9 +184,10 @@ class Sweep:
         return self._concurrency
 
     def enqueue(self, params: dict[str, Any]) -> int:
-        """A trial with these params runs next (before new sampler proposals); returns its trial number."""
+        """A trial with these params runs next (before new sampler proposals); searched params it does not
+        name are sampled, as with Optuna's enqueue_trial. Returns its trial number."""
         values = self._validated({**self.preset.params.model_dump(), **params}, "enqueue")
-        number = self._enqueue(values, {"origin": "enqueue"})
+        number = self._enqueue(values, {"origin": "enqueue"}, fixed=set(params))
         self.events.emit("enqueued", number, f"trial {number} enqueued with {params}", params=params)
         return number
 
@@ -232,11 +249,13 @@ class Sweep:
             raise SweepError(f"{what}: {field}: {first['msg']}") from None
 
     def _enqueue(self, values: TrialParams, attrs: dict[str, Any],
-                 copy_checkpoint: ckpt.CheckpointInfo | None = None) -> int:
-        searched = {k: getattr(values, k) for k in self.preset.search}
+                 copy_checkpoint: ckpt.CheckpointInfo | None = None, fixed: set[str] | None = None) -> int:
+        """Enqueue a WAITING trial: searched params in `fixed` (default: all) become Optuna fixed params,
+        other changed params are kept in the `overrides` user attr."""
+        searched = {k: getattr(values, k) for k in self.preset.search if fixed is None or k in fixed}
         for k, dist in self.preset.search.items():
             choices = getattr(dist, "choices", None)
-            if choices is not None and searched[k] not in choices:
+            if choices is not None and k in searched and searched[k] not in choices:
                 raise SweepError(f"{k}: {searched[k]!r} is not one of the searched choices {choices}")
         defaults = self.preset.params.model_dump()
         attrs["overrides"] = {k: v for k, v in values.model_dump().items()
@@ -264,9 +283,12 @@ class Sweep:
 
     def trial(self, n: int) -> TrialSnapshot:
         run = self._runs.get(n)
-        if run is None:
-            raise SweepError(f"no trial {n} in this sweep")
-        return run.snapshot()
+        if run is not None:
+            return run.snapshot()
+        for t in self._waiting():
+            if t.number == n:
+                return _waiting_snapshot(t)
+        raise SweepError(f"no trial {n} in this sweep")
 
     def snapshot(self) -> SweepSnapshot:
         trials = tuple(self.trials())
@@ -427,6 +449,7 @@ class Sweep:
                 until = 0
             _load_history(run, trial_dir, until, self._runs)
             run.checkpoints = last_ckpt
+            run.total = total_steps(params, len(self.data.train))
             if t.state == TrialState.RUNNING:
                 run.trial = optuna.Trial(self.study, t._trial_id)
                 run.resume_from = last_ckpt[-1].path if last_ckpt else None
@@ -489,6 +512,8 @@ def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[
         if row.get("eval_loss") is not None:
             run.best_eval = row["eval_loss"] if run.best_eval is None else min(run.best_eval, row["eval_loss"])
         run.step = max(run.step, int(row.get("step", 0)))
+        if row.get("mem_bytes") is not None:
+            run.peak_mem = max(run.peak_mem or 0, int(row["mem_bytes"]))
 
 
 def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:

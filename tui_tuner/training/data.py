@@ -38,7 +38,7 @@ def progressions(n: int, seed: int = 0) -> list[dict[str, str]]:
 def load_records(path: str) -> list[dict[str, Any]]:
     if path == BUILTIN_DATA:
         return progressions(2000)
-    rows = []
+    rows, problems = [], []
     with Path(path).open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -46,10 +46,15 @@ def load_records(path: str) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+                problems.append(f"{path}:{i}: not valid JSON ({e.msg})")
+                continue
             if not isinstance(row, dict):
-                raise DataError(f"{path}:{i}: each line must be a JSON object")
+                problems.append(f"{path}:{i}: each line must be a JSON object")
+                continue
             rows.append(row)
+    if problems:
+        more = f"\n{path}: ... and {len(problems) - 10} more bad lines" if len(problems) > 10 else ""
+        raise DataError("\n".join(problems[:10]) + more)
     if not rows:
         raise DataError(f"{path}: no records")
     return rows

@@ -246,8 +246,15 @@ class TuiTunerApp(App[int]):
             self.refresh_view()
 
     # -- actions -------------------------------------------------------------------------------
+    def _refuse_inactive(self, t: TrialSnapshot, what: str) -> bool:
+        """Say at once why a finished or queued trial cannot be paused or killed (no confirm first)."""
+        if t.active:
+            return False
+        self.notify(f"cannot {what} trial #{t.number}: it is {t.display_state}", severity="warning")
+        return True
+
     def action_pause_resume(self) -> None:
-        if self._debounced("pause") or (t := self.selected_trial()) is None:
+        if self._debounced("pause") or (t := self.selected_trial()) is None or self._refuse_inactive(t, "pause"):
             return
         if t.state == "paused":
             self._command(lambda: self.source.resume(t.number), f"trial #{t.number} resumed")
@@ -255,7 +262,7 @@ class TuiTunerApp(App[int]):
             self._command(lambda: self.source.pause(t.number), f"trial #{t.number} paused")
 
     def action_kill(self) -> None:
-        if self._debounced("kill") or (t := self.selected_trial()) is None:
+        if self._debounced("kill") or (t := self.selected_trial()) is None or self._refuse_inactive(t, "kill"):
             return
 
         def answer(yes: bool | None) -> None:
@@ -385,5 +392,6 @@ def run_app(sweep: SweepSource) -> int:
     # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits.
     print(progress_table(sweep.snapshot()))
     print(summary(sweep))
-    print(f"run directory: {sweep.run_dir}  (continue with: tui-tuner resume {sweep.run_dir})")
+    print(f"run directory: {sweep.run_dir}" + (f"  (continue with: tui-tuner resume {sweep.run_dir})"
+                                                if any(t.state != "complete" for t in sweep.trials()) else ""))
     return code if isinstance(code, int) else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import ValidationError
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -15,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_float
-from tui_tuner.params import SHAPE_PARAMS
+from tui_tuner.params import SHAPE_PARAMS, TrialParams
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -124,6 +125,8 @@ class ParamsDialog(ModalScreen[ParamsRequest | None]):
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
+        # The scroll container around the inputs would take a Tab stop of its own: Tab goes list -> inputs.
+        self.query_one("#param-rows", VerticalScroll).can_focus = False
         if self.trial is not None:
             ol = self.query_one("#checkpoints", OptionList)
             if ol.option_count:
@@ -147,6 +150,13 @@ class ParamsDialog(ModalScreen[ParamsRequest | None]):
             except ValueError:
                 self.query_one("#dialog-error", Static).update(f"{name}: cannot parse {text!r}")
                 return
+        try:  # catch what the engine would refuse while the edits are still on screen
+            TrialParams.model_validate({**self.values, **params})
+        except ValidationError as e:
+            first = e.errors()[0]
+            field = ".".join(map(str, first["loc"])) or "params"
+            self.query_one("#dialog-error", Static).update(f"{field}: {first['msg']}")
+            return
         step = None
         if self.trial is not None:
             ol = self.query_one("#checkpoints", OptionList)
