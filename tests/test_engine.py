@@ -236,3 +236,24 @@ def test_bad_storage_url_is_one_line_and_writes_nothing(tmp_path):
     with pytest.raises(SweepError, match=r"^--storage bogus://x: "):
         Sweep(Preset.from_dict(tiny_preset_dict()), tmp_path / "run", storage="bogus://x").start()
     assert not (tmp_path / "run").exists()
+
+
+def test_an_oom_trial_is_retried_with_half_the_micro_batch_from_its_checkpoint(make_sweep, monkeypatch):
+    import torch
+
+    from tui_tuner.training.finetune import FineTune
+
+    real_step = FineTune.step
+
+    def step_that_ooms_on_big_batches(self):
+        if self.batch_size > 4 and self.step_count >= 12:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(self)
+
+    monkeypatch.setattr(FineTune, "step", step_that_ooms_on_big_batches)
+    sweep = make_sweep(params={"max_steps": 30, "batch_size": 8}, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: len(sweep.trials()) == 2 and sweep.trial(1).state == "complete", what="retry", timeout=120)
+    failed, retry = sweep.trial(0), sweep.trial(1)
+    assert failed.state == "fail" and failed.error.startswith("out of memory at step 12 (batch_size=8")
+    assert retry.parent == 0 and retry.fork_step == 10 and retry.step == 30
+    assert retry.overrides == {"batch_size": 4, "grad_accum": 2}

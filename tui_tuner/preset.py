@@ -92,6 +92,7 @@ class StudySection(_Strict):
     concurrency: int = Field(2, ge=1)
     paused_frees_slot: bool = False
     prune_user_trials: bool = Field(False, description="let the pruner stop trials you enqueued or forked")
+    retry_oom: bool = Field(True, description="re-queue a CUDA-OOM trial with half the micro-batch, 2x accumulation")
 
 
 class CheckpointSection(_Strict):

@@ -274,8 +274,10 @@ class TrialRunner:
 
     def _finish_failed(self, e: BaseException) -> None:
         run = self.run
-        if isinstance(e, torch.OutOfMemoryError):
-            msg = (f"out of memory at step {run.step} (batch_size={run.params.batch_size}, "
+        oom = isinstance(e, torch.OutOfMemoryError)
+        micro = run.ft.batch_size if run.ft is not None else run.params.batch_size
+        if oom:
+            msg = (f"out of memory at step {run.step} (batch_size={micro}, "
                    f"grad_accum={run.params.grad_accum}): lower batch_size or raise grad_accum")
         else:
             msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
@@ -284,7 +286,29 @@ class TrialRunner:
         (run.trial_dir / "error.log").write_text(traceback.format_exc())
         self._set_attrs(error=msg, failed_at_step=run.step)
         self._tell(TrialState.FAIL)
+        if run.ft is not None:
+            run.ft.close()  # free the GPU memory before the retry below asks for it
+            run.ft = None
         self._end("fail", f"trial {run.number} failed: {msg}", kind="failed")
+        if oom and micro and micro > 1 and self.sweep.preset.study.retry_oom:
+            self._retry_smaller(micro)
+
+    def _retry_smaller(self, micro: int) -> None:
+        """Re-queue an OOM trial with half the micro-batch and twice the accumulation (same effective batch),
+        from its latest checkpoint when it has one."""
+        run = self.run
+        params = {"batch_size": micro // 2, "grad_accum": run.params.grad_accum * 2}
+        try:
+            ckpts = ckpt.list_checkpoints(run.trial_dir)
+            if ckpts:
+                child = self.sweep.fork(run.number, step=ckpts[-1].step, params=params)
+            else:
+                child = self.sweep.enqueue({**run.searched, **run.overrides, **params})
+        except ValueError as err:
+            self.events.emit("oom_retry_failed", run.number, f"trial {run.number}: OOM retry not queued: {err}")
+            return
+        self.events.emit("oom_retry", child, f"trial {child} retries OOM trial {run.number} with batch_size "
+                         f"{params['batch_size']} x grad_accum {params['grad_accum']}", parent=run.number)
 
     def _end(self, state: str, message: str, kind: str | None = None) -> None:
         run = self.run
