@@ -32,10 +32,6 @@ class TrialControl:
     def paused(self) -> bool:
         return self._paused
 
-    @property
-    def kill_requested(self) -> bool:
-        return self._kill
-
     def pause(self) -> None:
         with self._cond:
             self._paused = True

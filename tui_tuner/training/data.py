@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import torch
 
-BUILTIN_DATA = "builtin:progressions"
+from tui_tuner.preset import BUILTIN_DATA
 
 
 class DataError(ValueError):
@@ -146,10 +145,6 @@ class BatchStream:
         self.pad_id, self.prompt_weight = pad_id, prompt_weight
         self.epoch, self.offset = 0, 0
         self._perm = self._permutation(0)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.examples) / self.batch_size)
 
     def _permutation(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 
 from tui_tuner.params import TrialParams
+from tui_tuner.preset import BUILTIN_MODEL
 
-BUILTIN_MODEL = "builtin:tiny-llama"
 # peft's LoRA init and dropout layers draw from torch's global RNG: build one model at a time, seeded.
 _BUILD_LOCK = threading.Lock()
 
@@ -160,10 +160,6 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
         if isinstance(mod, torch.nn.ModuleList):
             return mod
     raise ModelError("cannot find the transformer layers to freeze")
-
-
-def dropout_modules(model: torch.nn.Module) -> list[torch.nn.Dropout]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
 
 
 def _first_line(e: BaseException) -> str:
