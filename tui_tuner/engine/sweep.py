@@ -103,10 +103,9 @@ class Sweep:
             sampler=make_sampler(p), pruner=make_pruner(p, self._max_steps_hint),
             direction="minimize", load_if_exists=True,
         )
-        if self._resuming:
-            self.study.sampler = make_sampler(p, seed_offset=len(self.study.get_trials(deepcopy=False)))
         self._started_at = time.time()
         if self._resuming:
+            self.study.sampler = make_sampler(p, seed_offset=len(self.study.get_trials(deepcopy=False)))
             self._reload()
         self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
                          resumed=self._resuming)
