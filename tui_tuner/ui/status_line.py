@@ -42,4 +42,4 @@ class StatusLine(Static):
         text = status_text(snap)
         if text.plain != self._last:
             self._last = text.plain
-            self.update(text)
+            self.update(text, layout=False)  # fixed height: repaint, no screen layout

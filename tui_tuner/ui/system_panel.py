@@ -64,4 +64,4 @@ class SystemPanel(Static):
         text = system_text(sample, snap, self.size.width or 80)
         if text.plain != self._last:
             self._last = text.plain
-            self.update(text)
+            self.update(text, layout=False)  # the panel's size comes from the layout, not its text

@@ -89,7 +89,9 @@ class TrialsTable(DataTable):
             else:
                 for (col, _, width), new, prev in zip(COLUMNS, cells, old, strict=True):
                     if new != prev:
-                        self.update_cell(key, col, new, update_width=width is None)
+                        # Re-measuring a column costs a screen layout: only when the text outgrows it.
+                        grow = width is None and len(str(new)) > self.columns[col].content_width  # type: ignore[index]
+                        self.update_cell(key, col, new, update_width=grow)
             self._cells[key] = cells
             changed = True
         for key in list(self._cells):
