@@ -58,7 +58,7 @@ def sweep(model_cache: None, tmp_path: Path) -> Iterator[Sweep]:
     s.stop()
 
 
-async def until(pilot: object, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+async def until(pilot: object, cond: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -160,9 +160,8 @@ async def test_bad_command_is_notified_not_raised(sweep: Sweep) -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         sweep.set_concurrency(1)
         await pilot.press("-")  # concurrency 0: SweepError
-        await pilot.pause(0.2)
+        await until(pilot, lambda: any(n.severity == "error" for n in app._notifications))
         assert sweep.concurrency == 1
-        assert any(n.severity == "error" for n in app._notifications)
 
 
 async def test_quit_stops_sweep_and_leaves_nothing_running(sweep: Sweep) -> None:
@@ -198,5 +197,4 @@ async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")
         await pilot.press("escape")
         await pilot.press("l", "s", "2", "3", "4")
-        await pilot.pause(0.3)
-        assert app.log_y and app.panel == "events"
+        await until(pilot, lambda: app.log_y and app.panel == "events")
