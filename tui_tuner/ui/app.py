@@ -385,6 +385,7 @@ def run_app(sweep: SweepSource) -> int:
         code = app.run()
     finally:
         app.detach()
+        was_finished = sweep.finished
         sweep.stop()
         sampler.stop()
     from tui_tuner.headless import progress_table, summary
@@ -392,6 +393,6 @@ def run_app(sweep: SweepSource) -> int:
     # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits.
     print(progress_table(sweep.snapshot()))
     print(summary(sweep))
-    print(f"run directory: {sweep.run_dir}" + (f"  (continue with: tui-tuner resume {sweep.run_dir})"
-                                                if any(t.state != "complete" for t in sweep.trials()) else ""))
+    print(f"run directory: {sweep.run_dir}"
+          + ("" if was_finished else f"  (continue with: tui-tuner resume {sweep.run_dir})"))
     return code if isinstance(code, int) else 0
