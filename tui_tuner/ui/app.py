@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Tab, Tabs
 
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
-from tui_tuner.engine.sweep import SweepError
+from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, editable_params
@@ -375,7 +375,7 @@ class TuiTunerApp(App[int]):
             yield SystemCommand(title, help_text, action)
 
 
-def run_app(sweep: SweepSource) -> int:
+def run_app(sweep: Sweep) -> int:
     """Run the TUI on an already started sweep; on exit nothing is left RUNNING and no thread calls into the app."""
     from tui_tuner.engine.system import SystemSampler
 
