@@ -170,6 +170,20 @@ def test_fork_without_step_checkpoints_a_running_trial_now_and_fork_of_paused(ma
     assert sweep.trial(0).state == "paused" and sweep.trial(0).step == at
 
 
+def test_fork_of_a_completed_trial_extends_it_and_refuses_a_fork_with_nothing_left_to_do(make_sweep):
+    sweep = make_sweep(params={"max_steps": 20}, study={"n_trials": 1, "concurrency": 1}).start()
+    assert sweep.wait(120)
+    assert sweep.trial(0).state == "complete"
+    with pytest.raises(SweepError, match=r"step 20 is already at the trial's end \(step 20\): raise max_steps"):
+        sweep.fork(0)
+    child = sweep.fork(0, params={"max_steps": 30})
+    wait_for(lambda: sweep.trial(child).state == "complete", what="extended child", timeout=120)
+    snap = sweep.trial(child)
+    assert snap.fork_step == 20 and snap.step == 30 and snap.eval_loss is not None
+    loss = dict(sweep.series(child, "loss", max_points=None))
+    assert abs(loss[21] - loss[20]) < 0.5 < loss[1] - loss[21]
+
+
 def test_fork_errors_are_one_line(make_sweep):
     sweep = make_sweep(params={"max_steps": 5000}, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(_running(sweep, 0, 12), what="parent running")

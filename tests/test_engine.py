@@ -205,6 +205,31 @@ def test_enqueue_samples_the_searched_params_it_does_not_name_and_queued_trials_
     assert params["learning_rate"] == 0.002 and 0.01 <= params["weight_decay"] <= 0.1
 
 
+def test_reads_do_not_wait_on_a_slow_ask_and_a_starting_trial_is_always_visible(make_sweep):
+    """A GP sampler's ask can take a second: the UI's reads must not wait on it, and a queued trial being
+    started must be either waiting or running, never missing (CI once saw "no trial 1")."""
+    sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 1, what="trial 0")
+    asking = threading.Event()
+    real_ask = sweep.study.ask
+
+    def slow_ask(*args, **kwargs):
+        trial = real_ask(*args, **kwargs)
+        asking.set()
+        time.sleep(1.0)
+        return trial
+
+    sweep.study.ask = slow_ask
+    n = sweep.enqueue({"learning_rate": 0.002})
+    sweep.kill(0)
+    assert asking.wait(30), "the scheduler never asked"
+    t0 = time.monotonic()
+    states = {sweep.trial(n).state, *(s.state for s in sweep.trials() if s.number == n)}
+    assert time.monotonic() - t0 < 0.5
+    assert states <= {"waiting", "running"}
+    wait_for(lambda: sweep.trial(n).state == "running", what="enqueued trial starts")
+
+
 def test_a_failing_event_listener_does_not_hurt_the_trial(make_sweep):
     sweep = make_sweep(study={"n_trials": 1, "concurrency": 1}).start()
 

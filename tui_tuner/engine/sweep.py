@@ -61,7 +61,8 @@ class Sweep:
         self._cond = threading.Condition()
         self._runs: dict[int, TrialRun] = {}
         self._concurrency = preset.study.concurrency
-        self._queued = 0
+        # Queued (WAITING) trials as the UI sees them, kept here so reads never wait on the study.
+        self._queue: dict[int, TrialSnapshot] = {}
         self._sampled = 0
         self._stopping = False
         self._done = threading.Event()
@@ -134,14 +135,16 @@ class Sweep:
                 already = True
             else:
                 already, self._stopping = False, True
-            runs = [r for r in self._runs.values() if r.thread is not None]
             self._cond.notify_all()
+        # The scheduler first: a trial it is starting right now must be among the runs stopped below.
+        if self._scheduler is not None and self._scheduler is not threading.current_thread():
+            self._scheduler.join(timeout)
+        with self._cond:
+            runs = [r for r in self._runs.values() if r.thread is not None]
         for r in runs:
             r.control.stop()
         for r in runs:
             r.thread.join(timeout)  # type: ignore[union-attr]
-        if self._scheduler is not None:
-            self._scheduler.join(timeout)
         if not already and hasattr(self, "events"):
             self.events.emit("sweep_stopped", None, "sweep stopped")
             self.events.close()
@@ -212,6 +215,10 @@ class Sweep:
                              "(start a new trial instead)")
         values = self._validated({**old, **params}, "fork")
         source = self._fork_source(parent, step)
+        end = total_steps(values, len(self.data.train))
+        if source.step >= end:
+            raise SweepError(f"fork: the checkpoint at step {source.step} is already at the trial's end "
+                             f"(step {end}): raise max_steps (or epochs) to continue it")
         number = self._enqueue(values, {
             "origin": "fork", "parent_trial": n, "fork_step": source.step, "fork_checkpoint": str(source.path),
         }, copy_checkpoint=source)
@@ -259,34 +266,35 @@ class Sweep:
         defaults = self.preset.params.model_dump()
         attrs["overrides"] = {k: v for k, v in values.model_dump().items()
                               if k not in self.preset.search and v != defaults[k]}
-        # Holding _cond keeps the scheduler from starting the child before its checkpoint copy exists.
-        with self._cond:
-            with self.study_lock:
-                self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
-                number = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1].number
+        # Holding study_lock keeps the scheduler's ask from starting the child before its checkpoint copy exists
+        # and before it is in the queue. Lock order everywhere: study_lock, then _cond.
+        with self.study_lock:
+            self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
+            queued = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
             if copy_checkpoint is not None:
-                dest = ckpt.checkpoint_dir(self._trial_dir(number), copy_checkpoint.step)
+                dest = ckpt.checkpoint_dir(self._trial_dir(queued.number), copy_checkpoint.step)
                 _link_tree(copy_checkpoint.path, dest)
-            self._queued += 1
-            self._cond.notify_all()
-        return number
+            with self._cond:
+                self._queue[queued.number] = _waiting_snapshot(queued)
+                self._cond.notify_all()
+        return queued.number
 
     # -- reads ---------------------------------------------------------------------------------
     def trials(self) -> list[TrialSnapshot]:
         with self._cond:
             runs = list(self._runs.values())
-            queued = self._waiting()
-        snaps = [r.snapshot() for r in runs]
-        snaps += [_waiting_snapshot(t) for t in queued if t.number not in self._runs]
+            snaps = list(self._queue.values())
+        snaps += [r.snapshot() for r in runs]
         return sorted(snaps, key=lambda s: s.number)
 
     def trial(self, n: int) -> TrialSnapshot:
-        run = self._runs.get(n)
+        with self._cond:  # a trial moves from the queue to the runs under this lock: never in neither
+            run = self._runs.get(n)
+            queued = self._queue.get(n)
         if run is not None:
             return run.snapshot()
-        for t in self._waiting():
-            if t.number == n:
-                return _waiting_snapshot(t)
+        if queued is not None:
+            return queued
         raise SweepError(f"no trial {n} in this sweep")
 
     def snapshot(self) -> SweepSnapshot:
@@ -346,9 +354,9 @@ class Sweep:
             with self._cond:
                 while not self._stopping:
                     room = self._occupied() < self._concurrency
-                    if room and (self._queued > 0 or self._budget_left()):
+                    if room and (self._queue or self._budget_left()):
                         break
-                    idle = not any(r.active for r in self._runs.values()) and self._queued == 0
+                    idle = not any(r.active for r in self._runs.values()) and not self._queue
                     if idle and not self._budget_left() and not self._done.is_set():
                         self._done.set()
                         self.events.emit("sweep_finished", None, "sweep finished: budget spent")
@@ -356,7 +364,8 @@ class Sweep:
                 if self._stopping:
                     return
                 self._done.clear()
-                self._start_next()
+            # Outside _cond: a sampler's ask can take a while (GP), and UI reads must not wait on it.
+            self._start_next()
 
     def _start_next(self) -> None:
         """Ask Optuna (enqueued WAITING trials come first) and start a thread for the trial."""
@@ -369,8 +378,6 @@ class Sweep:
                 trial.set_user_attr("origin", origin)
         if origin == "sampler":
             self._sampled += 1
-        else:
-            self._queued = max(0, self._queued - 1)
         overrides = attrs.get("overrides", {})
         try:
             with self.study_lock:
@@ -379,6 +386,8 @@ class Sweep:
             with self.study_lock:
                 trial.set_user_attr("error", f"invalid params: {e}")
                 self.study.tell(trial, state=TrialState.FAIL)
+            with self._cond:
+                self._queue.pop(trial.number, None)
             self.events.emit("failed", trial.number, f"trial {trial.number} failed: invalid params: {e}")
             return
         resume_from = None
@@ -392,7 +401,9 @@ class Sweep:
         parent = self._runs.get(run.parent) if run.parent is not None else None
         if parent is not None:
             run.history.copy_prefix(parent.history, until=run.fork_step)
-        self._launch(run)
+        with self._cond:
+            self._queue.pop(trial.number, None)
+            self._launch(run)
 
     def _launch(self, run: TrialRun) -> None:
         runner = TrialRunner(self, run)
@@ -407,12 +418,6 @@ class Sweep:
 
     def _trial_dir(self, n: int) -> Path:
         return self.run_dir / "trials" / str(n)
-
-    def _waiting(self) -> list[optuna.trial.FrozenTrial]:
-        if self._queued == 0:
-            return []
-        with self.study_lock:
-            return self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
 
     def _active(self, n: int) -> TrialRun:
         run = self._runs.get(n)
@@ -429,7 +434,7 @@ class Sweep:
         for t in self.study.get_trials(deepcopy=False):
             origin = t.user_attrs.get("origin", "sampler")
             if t.state == TrialState.WAITING:
-                self._queued += 1
+                self._queue[t.number] = _waiting_snapshot(t)
                 continue
             if origin == "sampler":
                 self._sampled += 1
