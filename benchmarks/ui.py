@@ -104,11 +104,16 @@ def steps_per_s(sweep: Any, window: float) -> float:
     return (total() - a) / (time.perf_counter() - t0)
 
 
-async def steps_per_s_with_app(sweep: Any, window: float, size: tuple[int, int]) -> float:
+async def steps_per_s_with_app(sweep: Any, window: float, size: tuple[int, int]) -> tuple[float, float]:
+    """Training steps/s with the app open, and the UI thread's CPU time per second meanwhile (the app's loop runs
+    on this thread; what it burns is taken from the training threads)."""
     app = TuiTunerApp(sweep)
+    ui_clock = time.pthread_getcpuclockid(threading.get_ident())
     async with app.run_test(size=size):
         await asyncio.sleep(1.0)
-        return await asyncio.to_thread(steps_per_s, sweep, window)
+        cpu0, t0 = time.clock_gettime(ui_clock), time.perf_counter()
+        rate = await asyncio.to_thread(steps_per_s, sweep, window)
+        return rate, (time.clock_gettime(ui_clock) - cpu0) / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -129,12 +134,15 @@ def main() -> None:
     # Step rates drift by +-10 % between windows on this machine: interleave closed/open windows and compare
     # medians, so drift hits both sides alike.
     rates: dict[str, list[float]] = {"closed": [], "80x24": [], "200x60": []}
+    ui_cpu: dict[str, list[float]] = {"80x24": [], "200x60": []}
     try:
         time.sleep(3.0)  # both trials built and stepping
         for _ in range(args.rounds):
             rates["closed"].append(steps_per_s(sweep, args.window))
             for size in ((80, 24), (200, 60)):
-                rates[f"{size[0]}x{size[1]}"].append(asyncio.run(steps_per_s_with_app(sweep, args.window, size)))
+                rate, cpu = asyncio.run(steps_per_s_with_app(sweep, args.window, size))
+                rates[f"{size[0]}x{size[1]}"].append(rate)
+                ui_cpu[f"{size[0]}x{size[1]}"].append(cpu)
     finally:
         sweep.stop()
     closed = statistics.median(rates["closed"])
@@ -143,7 +151,8 @@ def main() -> None:
     for name in ("80x24", "200x60"):
         rate = statistics.median(rates[name])
         print(f"training, 2 trials: app open {name} median {rate:.1f} steps/s -> step-time ratio open/closed "
-              f"{closed / rate:.3f} (windows: {', '.join(f'{r:.1f}' for r in rates[name])})")
+              f"{closed / rate:.3f} (windows: {', '.join(f'{r:.1f}' for r in rates[name])}); UI thread CPU "
+              f"{1000 * statistics.median(ui_cpu[name]):.0f} ms per s")
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
@@ -294,3 +295,71 @@ def test_resume_after_a_clean_stop_continues_interrupted_trials_as_forks(make_sw
         assert len(third.trials()) == 4
     finally:
         third.stop()
+
+
+@pytest.fixture
+def slow_builds(monkeypatch):
+    """Model builds that take until released, so a stop can land before a trial's first step."""
+    import tui_tuner.engine.runner as runner_mod
+
+    gate = {"slow": False}
+    building = threading.Event()
+    release = threading.Event()
+    real = runner_mod.FineTune
+
+    def fine_tune(*args, **kwargs):
+        if gate["slow"]:
+            building.set()
+            release.wait(60)
+        return real(*args, **kwargs)
+
+    def stop_during_build(sweep: Sweep) -> None:
+        """Stop the sweep while a trial's build is held, then let the build finish into the stop."""
+        assert building.wait(60)
+        stopper = threading.Thread(target=sweep.stop)
+        stopper.start()
+        wait_for(lambda: sweep.stopping, what="stop requested")
+        release.set()
+        stopper.join(60)
+        gate["slow"] = False
+
+    monkeypatch.setattr(runner_mod, "FineTune", fine_tune)
+    gate["stop_during_build"] = stop_during_build
+    yield gate
+    release.set()
+
+
+def test_a_trial_stopped_before_its_first_step_runs_again_on_resume(make_sweep, slow_builds):
+    slow_builds["slow"] = True
+    sweep = make_sweep(params={"max_steps": 20}, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials(), what="trial 0 asked")
+    lr = sweep.trial(0).params["learning_rate"]
+    slow_builds["stop_during_build"](sweep)
+    again = Sweep.resume(sweep.run_dir).start()
+    try:
+        assert again.wait(120)
+        trials = again.trials()
+        # The budget of 1 is spent by the re-run, not by the trial that never stepped.
+        assert [(t.number, t.state) for t in trials] == [(0, "pruned"), (1, "complete")]
+        assert trials[1].params["learning_rate"] == lr and trials[1].step == 20 and trials[1].origin == "sampler"
+    finally:
+        again.stop()
+
+
+def test_a_fork_stopped_before_its_first_step_continues_from_its_fork_checkpoint(make_sweep, slow_builds):
+    sweep = make_sweep(params={"max_steps": 5000}, study={"n_trials": 1, "concurrency": 2},
+                       checkpoints={"interval": 10}).start()
+    wait_for(_running(sweep, 0, 12), what="parent past step 10")
+    slow_builds["slow"] = True
+    child = sweep.fork(0, step=10, params={"max_steps": 30})
+    slow_builds["stop_during_build"](sweep)
+    attrs = optuna.load_study(study_name="test", storage=sweep.study._storage).trials[child].user_attrs
+    assert attrs["interrupted_at_step"] == 10
+    again = Sweep.resume(sweep.run_dir, n_trials=1).start()
+    try:
+        wait_for(lambda: any(t.parent == child and t.state == "complete" for t in again.trials()),
+                 what="the fork's continuation", timeout=120)
+        cont = next(t for t in again.trials() if t.parent == child)
+        assert cont.fork_step == 10 and cont.step == 30
+    finally:
+        again.stop()

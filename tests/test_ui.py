@@ -171,9 +171,7 @@ async def test_quit_stops_sweep_and_leaves_nothing_running(sweep: Sweep) -> None
         await pilot.press("q")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await until(pilot, lambda: sweep.finished)
-        await pilot.pause(0.2)
-    assert app.return_value == 0
+        await until(pilot, lambda: sweep.finished and app.return_value == 0)
     with sweep.study_lock:
         states = [t.state for t in sweep.study.get_trials(deepcopy=False)]
     assert TrialState.RUNNING not in states
@@ -198,3 +196,22 @@ async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:
         await pilot.press("escape")
         await pilot.press("l", "s", "2", "3", "4")
         await until(pilot, lambda: app.log_y and app.panel == "events")
+
+
+def test_chart_redraws_are_paced_by_their_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New data redraws a cheap chart every 2 s; one costing 90 ms waits until that is 1.5 % of a core (6 s).
+    A change of view (selection, log-y, size) redraws at once whatever the cost."""
+    import tui_tuner.ui.app as app_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(app_mod.time, "monotonic", lambda: clock[0])
+    app = TuiTunerApp(source=None, live=False)  # type: ignore[arg-type]
+    assert app._chart_due("loss", "view", 1, 0.01)
+    clock[0] += 2.1
+    assert app._chart_due("loss", "view", 2, 0.01)
+    clock[0] += 2.1
+    assert not app._chart_due("loss", "view", 3, 0.09)
+    clock[0] += 4.0
+    assert app._chart_due("loss", "view", 3, 0.09)
+    assert not app._chart_due("loss", "view", 4, 0.09)
+    assert app._chart_due("loss", "other view", 4, 0.09)

@@ -17,17 +17,28 @@ QUIET_EVENTS = {"checkpoint"}
 
 def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdout) -> int:
     lock = threading.Lock()
+    replayed = 0  # events up to this seq were printed from the log: the sweep emitted them before we listened
 
-    def on_event(ev: Event) -> None:
+    def show(ev: Event) -> None:
         if ev.kind not in QUIET_EVENTS:
-            with lock, contextlib.suppress(BrokenPipeError):  # `| head`, or a tee killed by the same Ctrl-C
+            with contextlib.suppress(BrokenPipeError):  # `| head`, or a tee killed by the same Ctrl-C
                 print(f"[{_clock(ev.time)}] {ev.message}", file=out, flush=True)
 
-    unsubscribe = sweep.subscribe(on_event)
+    def on_event(ev: Event) -> None:
+        with lock:
+            if ev.seq > replayed:
+                show(ev)
+
+    with lock:
+        unsubscribe = sweep.subscribe(on_event)
+        for ev in sweep.events_since(0):  # e.g. trials a resume restarted inside start()
+            show(ev)
+            replayed = ev.seq
     try:
         while not sweep.wait(table_every):
+            table = progress_table(sweep.snapshot())  # not under `lock`: listeners take it on engine threads
             with lock, contextlib.suppress(BrokenPipeError):
-                print(progress_table(sweep.snapshot()), file=out, flush=True)
+                print(table, file=out, flush=True)
     except KeyboardInterrupt:
         print("stopping: running trials checkpoint and end at their next step (Ctrl-C again to force)",
               file=out, flush=True)

@@ -26,6 +26,7 @@ class TrialControl:
         self._kill = False
         self._stop = False
         self._work: list[tuple[Callable[[], Any], Future[Any]]] = []
+        self._closed: BaseException | None = None
         self.acknowledged_pause = threading.Event()
 
     @property
@@ -56,12 +57,17 @@ class TrialControl:
         """Run `fn` on the trial thread at its next boundary (also while paused); returns its future."""
         fut: Future[Any] = Future()
         with self._cond:
+            if self._closed is not None:  # the trial thread has ended: nobody would ever run it
+                fut.set_exception(self._closed)
+                return fut
             self._work.append((fn, fut))
             self._cond.notify_all()
         return fut
 
     def fail_pending(self, exc: BaseException) -> None:
+        """The trial thread is ending: fail queued work, and work submitted from now on."""
         with self._cond:
+            self._closed = exc
             work, self._work = self._work, []
         for _, fut in work:
             fut.set_exception(exc)

@@ -44,6 +44,7 @@ class TrialRun:
     overrides: dict[str, Any]
     trial_dir: Path
     origin: str = "sampler"
+    by_user: bool = False  # enqueued or forked by the user: exempt from pruning unless the preset says otherwise
     parent: int | None = None
     fork_step: int | None = None
     resume_from: Path | None = None
@@ -64,6 +65,8 @@ class TrialRun:
     version: int = 0
     has_report: bool = False
     ft: FineTune | None = None
+    start_step: int = 0  # the step it (re)started from: a stop before any new step writes no new checkpoint
+    reaped: bool = False  # its thread has fully ended (an OOM retry is queued before this is set)
     runner: Any = None
     told: bool = False
 
@@ -76,7 +79,8 @@ class TrialRun:
             lr=last.get("lr"), grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
             mem_bytes=int(last["mem_bytes"]) if "mem_bytes" in last else None, peak_mem_bytes=self.peak_mem,
             parent=self.parent, fork_step=self.fork_step, origin=self.origin,
-            stopped_by_user=self.stopped_by_user, error=self.error, started_at=self.started_at,
+            stopped_by_user=self.stopped_by_user, pause_requested=self.control.paused, error=self.error,
+            started_at=self.started_at,
             finished_at=self.finished_at,
             checkpoints=tuple(CheckpointView(c.step, c.eval_loss, str(c.path)) for c in self.checkpoints),
             version=self.version,
@@ -138,7 +142,7 @@ class TrialRunner:
         if run.resume_from:
             ckpt.restore(ft, run.resume_from)
             ft.apply_params(run.params)  # a fork's overrides win over what the optimizer state carried
-        run.step, run.total = ft.step_count, ft.total_steps
+        run.step, run.total, run.start_step = ft.step_count, ft.total_steps, ft.step_count
         run.checkpoints = ckpt.list_checkpoints(run.trial_dir)
         where = f" from step {ft.step_count}" if run.resume_from else ""
         self.events.emit("started", run.number, f"trial {run.number} started{where}", params=run.searched)
@@ -191,7 +195,7 @@ class TrialRunner:
         run = self.run
         if run.trial is None or run.control.paused:
             return
-        if run.origin in ("enqueue", "fork") and not self.sweep.preset.study.prune_user_trials:
+        if run.by_user and not self.sweep.preset.study.prune_user_trials:
             return  # a trial the user asked for runs to its end unless the preset says otherwise
         with self.sweep.study_lock:
             prune = run.trial.should_prune()
@@ -266,9 +270,16 @@ class TrialRunner:
     def _finish_stopped(self) -> None:
         """The sweep is stopping: keep a checkpoint so the trial can be forked or extended later."""
         run = self.run
-        info = self._checkpoint(run.last.get("eval_loss")) if run.ft and run.step > 0 else None
+        if run.ft is not None and run.step > run.start_step:
+            self._checkpoint(run.last.get("eval_loss"))
+        # Stopped before its first new step (model still building), or the save failed: the newest checkpoint
+        # in its dir (a fork's starting point, a resumed trial's last one) is where it continues from.
+        saved = ckpt.list_checkpoints(run.trial_dir)
         self._ensure_report()
-        self._set_attrs(interrupted_at_step=run.step, interrupted_checkpoint=str(info.path) if info else None)
+        if saved:
+            self._set_attrs(interrupted_at_step=saved[-1].step, interrupted_checkpoint=str(saved[-1].path))
+        else:
+            self._set_attrs(interrupted_at_step=0, interrupted_checkpoint=None, interrupted_before_start=run.step == 0)
         self._tell(TrialState.PRUNED)
         self._end("pruned", f"trial {run.number} interrupted at step {run.step} by sweep stop", kind="interrupted")
 
@@ -301,9 +312,9 @@ class TrialRunner:
         try:
             ckpts = ckpt.list_checkpoints(run.trial_dir)
             if ckpts:
-                child = self.sweep.fork(run.number, step=ckpts[-1].step, params=params)
+                child = self.sweep.fork(run.number, step=ckpts[-1].step, params=params, by_user=run.by_user)
             else:
-                child = self.sweep.enqueue({**run.searched, **run.overrides, **params})
+                child = self.sweep.enqueue({**run.searched, **run.overrides, **params}, by_user=run.by_user)
         except ValueError as err:
             self.events.emit("oom_retry_failed", run.number, f"trial {run.number}: OOM retry not queued: {err}")
             return

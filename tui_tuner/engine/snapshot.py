@@ -36,6 +36,7 @@ class TrialSnapshot:
     fork_step: int | None = None
     origin: str = "sampler"  # sampler | enqueue | fork
     stopped_by_user: bool = False
+    pause_requested: bool = False  # pause asked for; `state` turns "paused" at the trial's next step boundary
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None

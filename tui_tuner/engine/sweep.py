@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -185,11 +186,12 @@ class Sweep:
     def concurrency(self) -> int:
         return self._concurrency
 
-    def enqueue(self, params: dict[str, Any]) -> int:
+    def enqueue(self, params: dict[str, Any], *, by_user: bool = True) -> int:
         """A trial with these params runs next (before new sampler proposals); searched params it does not
-        name are sampled, as with Optuna's enqueue_trial. Returns its trial number."""
+        name are sampled, as with Optuna's enqueue_trial. Returns its trial number. A trial `by_user` is not
+        pruned unless the preset's `study.prune_user_trials` says so."""
         values = self._validated({**self.preset.params.model_dump(), **params}, "enqueue")
-        number = self._enqueue(values, {"origin": "enqueue"}, fixed=set(params))
+        number = self._enqueue(values, {"origin": "enqueue", "by_user": by_user}, fixed=set(params))
         self.events.emit("enqueued", number, f"trial {number} enqueued with {params}", params=params)
         return number
 
@@ -198,7 +200,8 @@ class Sweep:
         run = self._active(n)
         return run.control.submit(run.runner.checkpoint_now).result(timeout)
 
-    def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None) -> int:
+    def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None, *,
+             by_user: bool = True) -> int:
         """A new trial of the study continuing from trial n's checkpoint (weights, optimizer, schedule, data
         position) with `params` overriding the parent's; returns the child's trial number."""
         parent = self._runs.get(n)
@@ -221,6 +224,7 @@ class Sweep:
                              f"(step {end}): raise max_steps (or epochs) to continue it")
         number = self._enqueue(values, {
             "origin": "fork", "parent_trial": n, "fork_step": source.step, "fork_checkpoint": str(source.path),
+            "by_user": by_user,
         }, copy_checkpoint=source)
         self.events.emit("forked", number, f"trial {number} forked from trial {n} at step {source.step}"
                          + (f" with {params}" if params else ""), parent=n, step=source.step, params=params)
@@ -266,17 +270,25 @@ class Sweep:
         defaults = self.preset.params.model_dump()
         attrs["overrides"] = {k: v for k, v in values.model_dump().items()
                               if k not in self.preset.search and v != defaults[k]}
-        # Holding study_lock keeps the scheduler's ask from starting the child before its checkpoint copy exists
-        # and before it is in the queue. Lock order everywhere: study_lock, then _cond.
-        with self.study_lock:
-            self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
-            queued = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
-            if copy_checkpoint is not None:
-                dest = ckpt.checkpoint_dir(self._trial_dir(queued.number), copy_checkpoint.step)
-                _link_tree(copy_checkpoint.path, dest)
-            with self._cond:
-                self._queue[queued.number] = _waiting_snapshot(queued)
-                self._cond.notify_all()
+        # Copy first, outside the lock (a copy across filesystems can be slow; a failure must leave no trial).
+        staged = _stage_tree(copy_checkpoint.path, self.run_dir / "trials") if copy_checkpoint else None
+        try:
+            # Holding study_lock keeps the scheduler's ask from starting the child before its checkpoint is in
+            # place and it is in the queue. Lock order everywhere: study_lock, then _cond.
+            with self.study_lock:
+                self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
+                queued = self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[-1]
+                if staged is not None and copy_checkpoint is not None:
+                    dest = ckpt.checkpoint_dir(self._trial_dir(queued.number), copy_checkpoint.step)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    staged.rename(dest)
+                with self._cond:
+                    self._queue[queued.number] = _waiting_snapshot(queued)
+                    self._done.clear()  # wait() must not return before the new trial has run
+                    self._cond.notify_all()
+        finally:
+            if staged is not None:  # what is left of the staging dir: empty after the rename
+                shutil.rmtree(staged.parent, ignore_errors=True)
         return queued.number
 
     # -- reads ---------------------------------------------------------------------------------
@@ -352,24 +364,36 @@ class Sweep:
         it stays up until stop(): a fork or enqueue after that starts again."""
         while True:
             with self._cond:
-                while not self._stopping:
-                    room = self._occupied() < self._concurrency
-                    if room and (self._queue or self._budget_left()):
-                        break
-                    idle = not any(r.active for r in self._runs.values()) and not self._queue
-                    if idle and not self._budget_left() and not self._done.is_set():
-                        self._done.set()
-                        self.events.emit("sweep_finished", None, "sweep finished: budget spent")
-                    self._cond.wait(timeout=1.0)
-                if self._stopping:
-                    return
+                action = self._next_action()
+            # Outside _cond: listeners (headless printing, the UI) and a sampler's ask (GP: seconds) must never
+            # hold up the UI's reads, nor take locks in the opposite order.
+            if action == "stop":
+                return
+            if action == "finished":
+                self.events.emit("sweep_finished", None, "sweep finished: budget spent")
+            else:
+                self._start_next()
+
+    def _next_action(self) -> str:
+        """Under _cond: wait until a trial can start ("start"), the sweep just finished, or it is stopping."""
+        while not self._stopping:
+            room = self._occupied() < self._concurrency
+            if room and (self._queue or self._budget_left()):
                 self._done.clear()
-            # Outside _cond: a sampler's ask can take a while (GP), and UI reads must not wait on it.
-            self._start_next()
+                return "start"
+            # A run counts until its thread is reaped: an OOM retry is queued after the trial has ended.
+            idle = all(r.reaped or r.thread is None for r in self._runs.values()) and not self._queue
+            if idle and not self._budget_left() and not self._done.is_set():
+                self._done.set()
+                return "finished"
+            self._cond.wait(timeout=1.0)
+        return "stop"
 
     def _start_next(self) -> None:
         """Ask Optuna (enqueued WAITING trials come first) and start a thread for the trial."""
         with self.study_lock:
+            if self._stopping:  # stop() came after the scheduler decided: do not take a trial it would strand
+                return
             trial = self.study.ask()
             attrs = trial.user_attrs
             origin = attrs.get("origin")
@@ -395,7 +419,8 @@ class Sweep:
             resume_from = ckpt.checkpoint_dir(self._trial_dir(trial.number), attrs["fork_step"])
         run = TrialRun(
             number=trial.number, trial=trial, params=params, searched=dict(trial.params), overrides=overrides,
-            trial_dir=self._trial_dir(trial.number), origin=origin, parent=attrs.get("parent_trial"),
+            trial_dir=self._trial_dir(trial.number), origin=origin, by_user=_by_user(attrs),
+            parent=attrs.get("parent_trial"),
             fork_step=attrs.get("fork_step"), resume_from=resume_from,
         )
         parent = self._runs.get(run.parent) if run.parent is not None else None
@@ -414,6 +439,7 @@ class Sweep:
 
     def _trial_finished(self, run: TrialRun) -> None:
         with self._cond:
+            run.reaped = True
             self._cond.notify_all()
 
     def _trial_dir(self, n: int) -> Path:
@@ -436,8 +462,8 @@ class Sweep:
             if t.state == TrialState.WAITING:
                 self._queue[t.number] = _waiting_snapshot(t)
                 continue
-            if origin == "sampler":
-                self._sampled += 1
+            if origin == "sampler" and not t.user_attrs.get("interrupted_before_start"):
+                self._sampled += 1  # one stopped before it started is queued again (below) and counts then
             overrides = t.user_attrs.get("overrides", {})
             try:
                 params = TrialParams.model_validate({**self.preset.params.model_dump(), **t.params, **overrides})
@@ -445,7 +471,8 @@ class Sweep:
                 continue
             trial_dir = self._trial_dir(t.number)
             run = TrialRun(number=t.number, trial=None, params=params, searched=dict(t.params), overrides=overrides,
-                           trial_dir=trial_dir, origin=origin, parent=t.user_attrs.get("parent_trial"),
+                           trial_dir=trial_dir, origin=origin, by_user=_by_user(t.user_attrs),
+                           parent=t.user_attrs.get("parent_trial"),
                            fork_step=t.user_attrs.get("fork_step"))
             last_ckpt = ckpt.list_checkpoints(trial_dir)
             until = last_ckpt[-1].step if (t.state == TrialState.RUNNING and last_ckpt) else None
@@ -474,20 +501,32 @@ class Sweep:
 
     def _continue_interrupted(self) -> None:
         """Trials a clean stop interrupted are finished in Optuna (immutable): continue each as a fork of itself
-        from its stop checkpoint, once (user attr `continues`)."""
+        from its stop checkpoint, or run it again when it was stopped before its first step; once each (user attr
+        `continues`)."""
         trials = self.study.get_trials(deepcopy=False)
         done = {t.user_attrs.get("continues") for t in trials}
         for t in trials:
-            path = t.user_attrs.get("interrupted_checkpoint")
-            if t.state != TrialState.PRUNED or not path or t.number in done or not Path(path).is_dir():
+            if t.state != TrialState.PRUNED or t.number in done or t.number not in self._runs:
                 continue
-            run = self._runs[t.number]
-            source = ckpt.CheckpointInfo(t.user_attrs["interrupted_at_step"], Path(path), None, 0.0)
-            child = self._enqueue(run.params, {"origin": "fork", "parent_trial": t.number, "continues": t.number,
-                                               "fork_step": source.step, "fork_checkpoint": path},
-                                  copy_checkpoint=source)
-            self.events.emit("forked", child, f"trial {child} continues interrupted trial {t.number} "
-                             f"from step {source.step}", parent=t.number, step=source.step)
+            run, a = self._runs[t.number], t.user_attrs
+            path = a.get("interrupted_checkpoint")
+            if path and Path(path).is_dir():
+                source = ckpt.CheckpointInfo(a["interrupted_at_step"], Path(path), None, 0.0)
+                child = self._enqueue(run.params, {"origin": "fork", "parent_trial": t.number, "continues": t.number,
+                                                   "fork_step": source.step, "fork_checkpoint": path,
+                                                   "by_user": run.by_user}, copy_checkpoint=source)
+                self.events.emit("forked", child, f"trial {child} continues interrupted trial {t.number} "
+                                 f"from step {source.step}", parent=t.number, step=source.step)
+            elif a.get("interrupted_before_start"):
+                child = self._enqueue(run.params, {"origin": run.origin, "continues": t.number,
+                                                   "by_user": run.by_user})
+                self.events.emit("enqueued", child, f"trial {child} re-runs trial {t.number} (stopped before "
+                                 "its first step)", params=run.searched)
+
+
+def _by_user(attrs: dict[str, Any]) -> bool:
+    """Runs made before the attr existed: enqueued and forked trials were the user's."""
+    return bool(attrs.get("by_user", attrs.get("origin") in ("enqueue", "fork")))
 
 
 def _waiting_snapshot(t: optuna.trial.FrozenTrial) -> TrialSnapshot:
@@ -530,18 +569,16 @@ def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:
     return paused
 
 
-def _link_tree(src: Path, dest: Path) -> None:
-    """Hard-link a checkpoint into the child's dir (no copy of the bytes; survives the parent's pruning)."""
-    if dest.exists():
-        return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".linking")
+def _stage_tree(src: Path, root: Path) -> Path:
+    """Hard-link a checkpoint into a staging dir under `root` (no copy of the bytes; it survives the parent's
+    pruning), to be renamed into the child's dir."""
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root)) / src.name
     try:
         shutil.copytree(src, tmp, copy_function=_link_or_copy)
-        tmp.rename(dest)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent, ignore_errors=True)
         raise SweepError(f"fork: cannot copy checkpoint {src}: {e.strerror or e}") from None
+    return tmp
 
 
 def _link_or_copy(src: str, dst: str) -> None:

@@ -35,6 +35,9 @@ PANELS = ("loss", "lr", "system", "events")
 DEBOUNCE_S = 0.3
 WIDE = (140, 40)  # from this size on, all panels show at once instead of as tabs
 CHART_EVERY_S = 2.0  # new data redraws a chart at most this often (selection, log-y, resize redraw at once)
+# ...and no more often than keeps its redraws under this share of one core: the UI's CPU time is taken from the
+# training threads (GIL, and on a CPU box the cores), so a costly chart (big terminal, many trials) slows down.
+CHART_CPU_SHARE = 0.015
 
 
 class TuiTunerApp(App[int]):
@@ -159,20 +162,22 @@ class TuiTunerApp(App[int]):
         sel_version = next((t.version for t in snap.trials if t.number == selected), None)
         if self.panel_visible("loss"):
             chart = self.query_one(LossChart)
-            if self._chart_due("loss", (selected, self.log_y, chart.size), versions):
-                chart.draw(self.source, snap, selected, self.log_y)
+            if self._chart_due("loss", (selected, self.log_y, chart.size), versions, chart.draw_cost_s):
+                chart.timed_draw(self.source, snap, selected, self.log_y)
         if self.panel_visible("lr"):
             lr = self.query_one(LrChart)
-            if self._chart_due("lr", (selected, lr.size), sel_version):
-                lr.draw(self.source, snap, selected)
+            if self._chart_due("lr", (selected, lr.size), sel_version, lr.draw_cost_s):
+                lr.timed_draw(self.source, snap, selected)
         if self.panel_visible("system"):
             self.query_one(SystemPanel).show(self.system.latest() if self.system else None, snap)
 
-    def _chart_due(self, name: str, view: object, data: object) -> bool:
-        """Redraw at once when the view changed (selection, log-y, size); on new data at most every CHART_EVERY_S."""
+    def _chart_due(self, name: str, view: object, data: object, cost_s: float) -> bool:
+        """Redraw at once when the view changed (selection, log-y, size); on new data at most every
+        CHART_EVERY_S, or less often when a redraw costs more than CHART_CPU_SHARE of a core."""
         old = self._chart_sigs.get(name)
         now = time.monotonic()
-        if old is not None and old[0] == view and (old[1] == data or now - self._chart_drawn[name] < CHART_EVERY_S):
+        every = max(CHART_EVERY_S, cost_s / CHART_CPU_SHARE)
+        if old is not None and old[0] == view and (old[1] == data or now - self._chart_drawn[name] < every):
             return False
         self._chart_sigs[name] = (view, data)
         self._chart_drawn[name] = now
@@ -200,9 +205,12 @@ class TuiTunerApp(App[int]):
         self._last_key[what] = now
         return now - last < DEBOUNCE_S
 
-    def selected_trial(self) -> TrialSnapshot | None:
+    def selected_trial(self, fresh: bool = False) -> TrialSnapshot | None:
+        """The selected row's trial; `fresh` reads the engine now rather than the last tick's snapshot."""
         n = self.query_one(TrialsTable).selected
-        snap = self.snap or self.source.snapshot()
+        if fresh or self.snap is None:
+            self.snap = self.source.snapshot()
+        snap = self.snap
         trial = next((t for t in snap.trials if t.number == n), None)
         if trial is None:
             self.notify("no trial selected", severity="warning")
@@ -254,9 +262,10 @@ class TuiTunerApp(App[int]):
         return True
 
     def action_pause_resume(self) -> None:
-        if self._debounced("pause") or (t := self.selected_trial()) is None or self._refuse_inactive(t, "pause"):
+        t = None if self._debounced("pause") else self.selected_trial(fresh=True)
+        if t is None or self._refuse_inactive(t, "pause"):
             return
-        if t.state == "paused":
+        if t.pause_requested:  # a toggle of what was asked, even before the trial reached its step boundary
             self._command(lambda: self.source.resume(t.number), f"trial #{t.number} resumed")
         else:
             self._command(lambda: self.source.pause(t.number), f"trial #{t.number} paused")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
+from rich.console import RenderableType
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
 from tui_tuner.engine.snapshot import SweepSnapshot
@@ -51,9 +53,27 @@ class Chart(PlotWidget, can_focus=False):
         self.set_reactive(PlotWidget.margin_bottom, 2)
         self.set_reactive(PlotWidget.margin_left, 8)
 
+        self.draw_cost_s = 0.0  # CPU seconds of the last redraw (series pulls + rasterising), for pacing
+        self._pulled_s = 0.0
+
     @property
     def max_points(self) -> int:
         return max(32, self.size.width)
+
+    def timed_draw(self, *args: object) -> None:
+        """`draw(*args)` (each chart has its own), timed so the app can pace redraws by their cost."""
+        t0 = time.perf_counter()
+        self.draw(*args)  # type: ignore[attr-defined]
+        self._pulled_s = time.perf_counter() - t0
+
+    def render(self) -> RenderableType:
+        if not self._needs_rerender:
+            return super().render()
+        # textual-plot rasterises at paint time: that is most of a redraw's cost.
+        t0 = time.perf_counter()
+        result = super().render()
+        self.draw_cost_s = self._pulled_s + time.perf_counter() - t0
+        return result
 
 
 class LossChart(Chart):
