@@ -13,6 +13,17 @@ import pytest
 _CACHE = Path(os.environ.setdefault("TUI_TUNER_CACHE", str(Path(__file__).parent.parent / ".cache-test")))
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests assert CPU behaviour (exact resume, RSS memory, CPU tensors): on a GPU box `device = auto` must not
+    pick CUDA for them; tests marked `gpu` see the real device."""
+    if request.node.get_closest_marker("gpu") is None:
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the CLI subprocesses some tests start
+
+
 def tiny_preset_dict(**sections: dict[str, Any]) -> dict[str, Any]:
     """A real preset for tests: the built-in tiny Llama + LoRA, short sequences, small evals."""
     base: dict[str, Any] = {
