@@ -131,6 +131,8 @@ def test_run_dir_files(make_sweep):
     assert [r["step"] for r in steps] == list(range(1, 41))
     assert set(steps[0]) == {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes", "time"}
     assert [r["step"] for r in evals] == [10, 20, 30, 40]
+    t = sweep.trial(0)
+    assert t.device == "cpu" and 0 < t.own_mem_bytes < t.peak_mem_bytes  # its own bytes, not the process's RSS
     kinds = [json.loads(x)["event"] for x in (run / "events.jsonl").read_text().splitlines()]
     assert "started" in kinds and "complete" in kinds and kinds[-1] == "sweep_stopped"
 

@@ -178,3 +178,21 @@ def test_epochs_budget(demo_data):
     _, data = demo_data
     ft = FineTune("builtin:tiny-llama", "lora", TrialParams(epochs=0.5, batch_size=16, grad_accum=2), data)
     assert ft.total_steps == math.ceil(math.ceil(len(data.train) / 32) * 0.5)
+
+
+def test_own_memory_counts_weights_gradients_and_adam_state(demo_data):
+    _, data = demo_data
+
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
+    full = FineTune("builtin:tiny-llama", "full", _params(), data)
+    full.step()
+    weights = nbytes(full.model.parameters())
+    # Full fine-tune with AdamW: weights, their gradients, exp_avg and exp_avg_sq (plus per-tensor step counters).
+    assert 4 * weights <= full.own_bytes() <= 4 * weights + 64 * len(list(full.model.parameters())) + 4096
+    lora = FineTune("builtin:tiny-llama", "lora", _params(), data)
+    lora.step()
+    adapters = nbytes(lora.trainable)
+    base = nbytes(lora.model.parameters())
+    assert base + 3 * adapters <= lora.own_bytes() < full.own_bytes()

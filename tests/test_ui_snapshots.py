@@ -29,6 +29,7 @@ def _trial(n: int, state: str, step: int, lr: float, **kw: Any) -> TrialSnapshot
         number=n, state=state, step=step, total_steps=1000, params={"learning_rate": lr, "weight_decay": 0.01 * n},
         overrides={}, loss=loss, eval_loss=loss + 0.05, best_eval_loss=loss + 0.04, lr=lr * 0.5,
         tokens_per_s=12000.0 + 100 * n, mem_bytes=400 << 20, peak_mem_bytes=(410 + n) << 20,
+        own_mem_bytes=(3 + n) << 20, device="cpu",
         checkpoints=tuple(CheckpointView(s, 1.0 + 3.0 * math.exp(-s / (200 + 40 * n)), f"/r/{n}/step-{s}")
                           for s in range(200, step + 1, 200)),
         version=step, **kw)

@@ -37,6 +37,28 @@ def test_any_exception_from_nvml_becomes_a_reason(monkeypatch: pytest.MonkeyPatc
     assert NvmlReader().reason == "no NVIDIA GPU: libnvidia-ml.so.1: cannot open shared object file"
 
 
+def test_memory_panel_says_when_trials_share_a_device_peak() -> None:
+    from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+    from tui_tuner.ui.system_panel import system_text
+
+    def trial(n: int, device: str) -> TrialSnapshot:
+        return TrialSnapshot(number=n, state="running", step=5, total_steps=10, params={}, overrides={},
+                             mem_bytes=8 << 30, peak_mem_bytes=8 << 30, own_mem_bytes=(n + 1) << 20, device=device)
+
+    def text(*trials: TrialSnapshot) -> str:
+        snap = SweepSnapshot(study_name="s", sampler="tpe", pruner="none", concurrency=3, n_trials=3,
+                             started_at=0.0, elapsed=1.0, finished=False, trials=trials)
+        return system_text(None, snap, 100).plain
+
+    shared = text(trial(0, "cuda:0"), trial(1, "cuda:0"), trial(2, "cuda:1")).splitlines()
+    line = {n: next(x for x in shared if x.startswith(f" #{n} ")) for n in range(3)}
+    assert "own    1.0M" in line[0] and "GPU peak" in line[0] and "shared by 2 on cuda:0" in line[0]
+    assert "shared by 2 on cuda:0" in line[1]
+    assert "shared" not in line[2]  # alone on its GPU: the peak is its own
+    alone = text(trial(0, "cpu")).splitlines()
+    assert any("process RSS" in x and "shared" not in x for x in alone)
+
+
 def test_sampler_thread_fills_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pynvml, "nvmlInit", _raise_not_found)
     sampler = SystemSampler(interval=0.05).start()

@@ -54,6 +54,8 @@ class TrialRun:
     last: dict[str, float] = field(default_factory=dict)
     best_eval: float | None = None
     peak_mem: int | None = None
+    own_mem: int | None = None  # weights + gradients + optimizer state of this trial alone
+    device: str = ""  # where it trains: "cpu", "cuda:0"
     error: str | None = None
     stopped_by_user: bool = False
     started_at: float | None = None
@@ -78,6 +80,7 @@ class TrialRun:
             loss=last.get("loss"), eval_loss=last.get("eval_loss"), best_eval_loss=self.best_eval,
             lr=last.get("lr"), grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
             mem_bytes=int(last["mem_bytes"]) if "mem_bytes" in last else None, peak_mem_bytes=self.peak_mem,
+            own_mem_bytes=self.own_mem, device=self.device,
             parent=self.parent, fork_step=self.fork_step, origin=self.origin,
             stopped_by_user=self.stopped_by_user, pause_requested=self.control.paused, error=self.error,
             started_at=self.started_at,
@@ -136,6 +139,7 @@ class TrialRunner:
             weights_dir=weights, trust_remote_code=p.model.trust_remote_code,
         )
         run.ft = ft
+        run.device = str(ft.device)
         if run.params.batch_size is None:
             self.events.emit("batch_size_rule", run.number, f"trial {run.number}: batch_size unset: using "
                              f"{ft.batch_size} (~0.2% of {len(sw.data.train)} training examples, at most 256)")
@@ -162,6 +166,8 @@ class TrialRunner:
             run.last.update(row)
             run.step = m.step
             run.peak_mem = max(run.peak_mem or 0, m.mem_bytes)
+            if run.own_mem is None:  # the optimizer's state exists from the first step on
+                run.own_mem = ft.own_bytes()
             eval_loss = None
             if m.step % interval == 0 or ft.done:
                 eval_loss = self._evaluate()

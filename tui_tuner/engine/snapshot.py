@@ -31,7 +31,9 @@ class TrialSnapshot:
     grad_norm: float | None = None
     tokens_per_s: float | None = None
     mem_bytes: int | None = None
-    peak_mem_bytes: int | None = None
+    peak_mem_bytes: int | None = None  # CUDA: peak allocated on its GPU; CPU: process RSS; shared by co-located trials
+    own_mem_bytes: int | None = None  # its own weights + gradients + optimizer state: exact per trial
+    device: str = ""
     parent: int | None = None
     fork_step: int | None = None
     origin: str = "sampler"  # sampler | enqueue | fork

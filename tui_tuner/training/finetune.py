@@ -182,6 +182,18 @@ class FineTune:
             return int(torch.cuda.max_memory_allocated(self.device))
         return int(self._proc.memory_info().rss)
 
+    def own_bytes(self) -> int:
+        """Bytes this trial alone holds: its model's weights and buffers, the trainable weights' gradients and
+        the optimizer's state. Exact per trial, unlike `memory()`, which trials sharing a process or GPU share."""
+        def size(t: torch.Tensor) -> int:
+            return t.numel() * t.element_size()
+
+        total = sum(size(p) for p in self.model.parameters()) + sum(size(b) for b in self.model.buffers())
+        total += sum(size(p) for p in self.trainable)  # gradients, alive through each step
+        for state in self.optimizer.state.values():
+            total += sum(size(v) for v in state.values() if isinstance(v, torch.Tensor))
+        return total
+
     @property
     def done(self) -> bool:
         return self.step_count >= self.total_steps

@@ -39,7 +39,8 @@ def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
         out.append(f"\nerror: {t.error}", style="bold red")
     out.append(f"\nloss {fmt_float(t.loss)}  eval {fmt_float(t.eval_loss)}  best eval {fmt_float(t.best_eval_loss)}"
                f"\nlr {fmt_float(t.lr)}  grad norm {fmt_float(t.grad_norm)}  tok/s {fmt_float(t.tokens_per_s, 0)}"
-               f"  mem {fmt_bytes(t.mem_bytes)} (peak {fmt_bytes(t.peak_mem_bytes)})\n")
+               f"  mem {fmt_bytes(t.mem_bytes)} (peak {fmt_bytes(t.peak_mem_bytes)},"
+               f" own {fmt_bytes(t.own_mem_bytes)})\n")
     values = {**source.preset.params.model_dump(), **t.params, **t.overrides}
     out.append("\nparams\n", style="bold underline")
     for k, v in values.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from rich.text import Text
 from textual.widgets import Static
 
@@ -45,10 +47,15 @@ def system_text(sample: SystemSample | None, snap: SweepSnapshot | None, width: 
     if snap is not None:
         active = [x for x in snap.trials if x.peak_mem_bytes is not None and x.state in ("running", "paused")]
         if active:
-            t.append("peak memory per trial\n", style="bold")
+            t.append("memory per trial", style="bold").append("  own: weights+grads+optimizer\n", style="dim")
+            sharing = Counter(x.device for x in active)
             for x in active:
-                t.append(f" #{x.number:<3} {x.state:<8} {fmt_bytes(x.peak_mem_bytes):>8}"
-                         f"  now {fmt_bytes(x.mem_bytes):>8}\n")
+                where = "GPU peak" if x.device.startswith("cuda") else "process RSS"
+                t.append(f" #{x.number:<3} {x.state:<8} own {fmt_bytes(x.own_mem_bytes):>7}"
+                         f"  {where} {fmt_bytes(x.peak_mem_bytes):>7}")
+                if sharing[x.device] > 1:  # torch keeps one allocator per GPU: its peak is not one trial's
+                    t.append(f" shared by {sharing[x.device]} on {x.device or '?'}", style="dim")
+                t.append("\n")
     t.rstrip()
     return t
 
