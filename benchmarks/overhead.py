@@ -101,13 +101,15 @@ def latency(p: Preset, run_dir: Path) -> tuple[float, float, float]:
     s0 = sweep.trial(0).step
     time.sleep(1.0)
     per_step = 1.0 / max(1, sweep.trial(0).step - s0)
+    at_call = sweep.trial(0).step
     t0 = time.perf_counter()
     sweep.kill(0)
     while sweep.trial(0).state != "pruned":
         time.sleep(0.0005)
     kill_s = time.perf_counter() - t0
+    steps_after_kill = sweep.trial(0).step - at_call
     sweep.stop()
-    return pause_s, kill_s, per_step
+    return pause_s, kill_s, per_step, steps_after_kill
 
 
 def main() -> None:
@@ -128,7 +130,7 @@ def main() -> None:
             bare_all += bare
             eng_all += eng[10:]
             between += book[10:]
-        pause_s, kill_s, per_step = latency(p, Path(tmp) / "latency")
+        pause_s, kill_s, per_step, steps_after_kill = latency(p, Path(tmp) / "latency")
     b, e, bk = statistics.median(bare_all), statistics.median(eng_all), statistics.median(between)
     print(f"model: built-in tiny Llama + LoRA, batch 16x48, 1 thread, {args.steps} steps x {args.rounds} rounds"
           f" (first 10 of each dropped), device {'cuda' if torch.cuda.is_available() else 'cpu'}")
@@ -138,7 +140,8 @@ def main() -> None:
     print(f"engine work between steps (same run): median {bk * 1e3:.3f} ms = {bk / e:.2%} of a step"
           f"   -> ratio {e / (e - bk):.3f}")
     print(f"pause latency: {pause_s * 1e3:.1f} ms = {pause_s / per_step:.2f} steps   goal <= 1 step")
-    print(f"kill latency (incl. Optuna tell): {kill_s * 1e3:.1f} ms = {kill_s / per_step:.2f} steps")
+    print(f"kill: {steps_after_kill} step(s) ran after the call (goal <= 1); PRUNED in Optuna after"
+          f" {kill_s * 1e3:.1f} ms = {kill_s / per_step:.2f} steps (includes the eval reported at the kill step)")
 
 
 if __name__ == "__main__":
