@@ -144,6 +144,24 @@ def test_adalora_trains_and_reallocates_ranks(demo_data):
     assert ranks, "AdaLoRA should have computed a rank pattern after its warm-up"
 
 
+def test_adalora_orthogonality_penalty_keeps_the_factors_closer_to_orthogonal(demo_data):
+    from tui_tuner.training.model import adalora_orth_penalty
+
+    _, data = demo_data
+
+    def residual_after(weight: float) -> float:
+        ft = FineTune("builtin:tiny-llama", "adalora", _params(max_steps=40, lora_r=4, learning_rate=1e-2), data)
+        ft.model.peft_config["default"].orth_reg_weight = weight
+        for _ in range(40):
+            ft.step()
+        ft.model.peft_config["default"].orth_reg_weight = 1.0
+        with torch.no_grad():
+            return float(adalora_orth_penalty(ft.model, ft._orth_factors))
+
+    without, with_penalty = residual_after(0.0), residual_after(0.5)
+    assert with_penalty < 0.8 * without, (with_penalty, without)
+
+
 def test_label_smoothing_raises_the_training_loss_of_the_same_batch(demo_data):
     _, data = demo_data
     ft = FineTune("builtin:tiny-llama", "lora", _params(), data)

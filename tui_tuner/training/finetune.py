@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from tui_tuner.params import TrialParams
 from tui_tuner.training import data as D
-from tui_tuner.training.model import autocast_dtype, build_model, load_tokenizer, pick_device
+from tui_tuner.training.model import adalora_orth_penalty, autocast_dtype, build_model, load_tokenizer, pick_device
 from tui_tuner.training.schedules import lr_factor
 
 
@@ -78,6 +78,8 @@ class FineTune:
                                  total_steps(params, len(data.train)))
         self.model.train()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._orth_factors = [(n, p) for n, p in self.model.named_parameters()
+                              if method == "adalora" and p.requires_grad and ("lora_A" in n or "lora_B" in n)]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=params.learning_rate)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.step_count = 0
@@ -136,9 +138,12 @@ class FineTune:
         total, tokens = 0.0, 0
         for batch in micro:
             num, _ = self._loss(batch, self.params.label_smoothing)
-            loss = num / denom
+            data_loss = num / denom
+            loss = data_loss
+            if self._orth_factors:  # once per optimizer step in all, spread over the micro-batches
+                loss = loss + adalora_orth_penalty(self.model, self._orth_factors) / len(micro)
             (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += float(loss.detach())
+            total += float(data_loss.detach())  # the reported train loss is the data's, comparable with eval loss
             tokens += int(batch["attention_mask"].sum())
         if self.scaler:
             self.scaler.unscale_(self.optimizer)

@@ -140,6 +140,18 @@ def adapter_config(method: str, params: TrialParams, total_steps: int) -> Any:
                          total_step=max(total_steps, 1 + total_steps // 10 + total_steps // 5), **common)
 
 
+def adalora_orth_penalty(model: torch.nn.Module, factors: list[tuple[str, torch.nn.Parameter]]) -> torch.Tensor:
+    """AdaLoRA's orthogonality regulariser, weighted as its config says: mean over the adapters' A and B of
+    ||P Pᵀ - I||_F (A) or ||Pᵀ P - I||_F (B). peft adds it only when the model itself computes the loss from
+    `labels`; our weighted token loss is computed outside the model, so it is added here."""
+    weight = model.peft_config["default"].orth_reg_weight  # type: ignore[union-attr, index]
+    terms = []
+    for name, p in factors:
+        cov = p @ p.T if "lora_A" in name else p.T @ p
+        terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.size(0), device=cov.device, dtype=cov.dtype)))
+    return weight * torch.stack(terms).mean()
+
+
 def freeze_layers(model: torch.nn.Module, n: int) -> None:
     """Freeze the embeddings' neighbours: the first `n` transformer blocks (full fine-tunes)."""
     if n <= 0:
