@@ -145,6 +145,21 @@ async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
         assert c["params"]["learning_rate"] == pytest.approx(0.002)
 
 
+async def test_fork_dialog_keeps_invalid_edits_on_screen_with_the_reason(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
+        await pilot.press("f")
+        await until(pilot, lambda: isinstance(app.screen, ParamsDialog))
+        app.screen.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert isinstance(app.screen, ParamsDialog)  # not dismissed: the user can fix the value
+        assert str(app.screen.query_one("#dialog-error").render()) == "params: set max_steps or epochs"
+        with sweep.study_lock:
+            assert not any(t.user_attrs.get("origin") == "fork" for t in sweep.study.get_trials(deepcopy=False))
+
+
 async def test_plus_raises_concurrency(sweep: Sweep) -> None:
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Schedule = Literal["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"]
 
@@ -62,3 +62,17 @@ class TrialParams(BaseModel):
 
 
 PARAM_NAMES = frozenset(TrialParams.model_fields)
+
+
+def error_message(err: dict) -> str:
+    """A pydantic error's message without the 'Value error, ' prefix it puts before a validator's own words."""
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def first_error(err: ValidationError) -> str:
+    """'field: message' for the first problem, for one-line errors about a set of trial params."""
+    first = err.errors()[0]
+    return f"{'.'.join(map(str, first['loc'])) or 'params'}: {error_message(first)}"

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tui_tuner.params import PARAM_NAMES, TrialParams
+from tui_tuner.params import PARAM_NAMES, TrialParams, error_message
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
@@ -130,7 +130,7 @@ class Preset(_Strict):
                 try:
                     TrialParams.model_validate({**self.params.model_dump(), key: v})
                 except ValidationError as e:
-                    msg = e.errors()[0]["msg"]
+                    msg = error_message(e.errors()[0])
                     raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {msg}") from None
         return self
 
@@ -223,7 +223,7 @@ def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> l
         elif e["type"] == "missing":
             msg = "required field is missing"
         else:
-            msg = e["msg"] + (f" (got {got!r})" if not isinstance(got, dict) else "")
+            msg = error_message(e) + (f" (got {got!r})" if not isinstance(got, dict) else "")
         lines.append(f"{where}: {msg}")
     return lines
 

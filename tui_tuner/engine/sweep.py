@@ -23,7 +23,7 @@ from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.runner import TrialRun, TrialRunner
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
-from tui_tuner.params import PARAM_NAMES, SHAPE_PARAMS, TrialParams
+from tui_tuner.params import PARAM_NAMES, SHAPE_PARAMS, TrialParams, first_error
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training import checkpoint as ckpt
 from tui_tuner.training.finetune import DataBundle, prepare_data, total_steps
@@ -254,9 +254,7 @@ class Sweep:
         try:
             return TrialParams.model_validate(values)
         except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(map(str, first["loc"])) or "params"
-            raise SweepError(f"{what}: {field}: {first['msg']}") from None
+            raise SweepError(f"{what}: {first_error(e)}") from None
 
     def _enqueue(self, values: TrialParams, attrs: dict[str, Any],
                  copy_checkpoint: ckpt.CheckpointInfo | None = None, fixed: set[str] | None = None) -> int:

@@ -16,11 +16,11 @@ from textual.widgets.option_list import Option
 
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_float
-from tui_tuner.params import SHAPE_PARAMS, TrialParams
+from tui_tuner.params import SHAPE_PARAMS, TrialParams, first_error
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Yes/no question; `y`/enter confirm, `n`/escape cancel."""
+    """Yes/no question; `y` confirms, `n`/escape cancel; focus starts on No so a stray enter is harmless."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("y", "answer(True)", "Yes", id="confirm.yes"),
                 Binding("n,escape", "answer(False)", "No", id="confirm.no")]
@@ -153,9 +153,7 @@ class ParamsDialog(ModalScreen[ParamsRequest | None]):
         try:  # catch what the engine would refuse while the edits are still on screen
             TrialParams.model_validate({**self.values, **params})
         except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(map(str, first["loc"])) or "params"
-            self.query_one("#dialog-error", Static).update(f"{field}: {first['msg']}")
+            self.query_one("#dialog-error", Static).update(first_error(e))
             return
         step = None
         if self.trial is not None:
