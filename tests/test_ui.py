@@ -121,12 +121,17 @@ async def test_kill_cancelled_leaves_trial_running(sweep: Sweep) -> None:
         assert sweep.trial(0).state == "running"
 
 
+async def open_fork_dialog(pilot: textual.pilot.Pilot, sweep: Sweep) -> None:
+    """Once trial 0 has trained a little and has a checkpoint, press f on it (the selected row)."""
+    await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
+    await pilot.press("f")
+    await until(pilot, lambda: isinstance(pilot.app.screen, ParamsDialog))
+
+
 async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
     app = app_for(sweep)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
-        await pilot.press("f")
-        await until(pilot, lambda: isinstance(app.screen, ParamsDialog))
+        await open_fork_dialog(pilot, sweep)
         lr = app.screen.query_one("#param-learning_rate")
         lr.value = "0.002"  # type: ignore[attr-defined]
         await pilot.press("ctrl+s")
@@ -148,9 +153,7 @@ async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
 async def test_fork_dialog_keeps_invalid_edits_on_screen_with_the_reason(sweep: Sweep) -> None:
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:
-        await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
-        await pilot.press("f")
-        await until(pilot, lambda: isinstance(app.screen, ParamsDialog))
+        await open_fork_dialog(pilot, sweep)
         app.screen.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
         await pilot.press("ctrl+s")
         await pilot.pause()
