@@ -8,8 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Schedule = Literal["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"]
 
-# Params that change the shape of trainable tensors: a fork may not override them.
-SHAPE_PARAMS = frozenset({"lora_r", "lora_target_modules", "method"})
 
 
 class TrialParams(BaseModel):
@@ -62,6 +60,12 @@ class TrialParams(BaseModel):
 
 
 PARAM_NAMES = frozenset(TrialParams.model_fields)
+
+
+def shape_params(method: str) -> frozenset[str]:
+    """Params a fork may not change: they change the shapes or the set of trainable tensors, so neither the
+    parent's weights nor its optimizer state would fit the child."""
+    return frozenset({"freeze_layers"}) if method == "full" else frozenset({"lora_r", "lora_target_modules"})
 
 
 def error_message(err: dict) -> str:

@@ -71,6 +71,7 @@ class TrialRun:
     reaped: bool = False  # its thread has fully ended (an OOM retry is queued before this is set)
     runner: Any = None
     told: bool = False
+    user_attrs: dict[str, Any] = field(default_factory=dict)  # a copy of Optuna's, so reads never take study_lock
 
     def snapshot(self) -> TrialSnapshot:
         last = self.last
@@ -86,7 +87,7 @@ class TrialRun:
             started_at=self.started_at,
             finished_at=self.finished_at,
             checkpoints=tuple(CheckpointView(c.step, c.eval_loss, str(c.path)) for c in self.checkpoints),
-            version=self.version,
+            user_attrs=dict(self.user_attrs), version=self.version,
         )
 
     @property
@@ -106,20 +107,23 @@ class TrialRunner:
     def __call__(self) -> None:
         run, sw = self.run, self.sweep
         try:
-            self._train()
-        except Killed:
-            self._finish_pruned(user=True)
-        except Stopped:
-            self._finish_stopped()
-        except optuna.TrialPruned:
-            self._finish_pruned(user=False)
-        except Exception as e:  # a failing trial must not take the sweep down
-            if sw.stopping:  # e.g. interpreter shutdown under a trial still building: not the trial's fault
+            try:
+                self._train()
+            except Killed:
+                self._finish_pruned(user=True)
+            except Stopped:
                 self._finish_stopped()
-            else:
-                self._finish_failed(e)
+            except optuna.TrialPruned:
+                self._finish_pruned(user=False)
+            except Exception as e:  # a failing trial must not take the sweep down
+                if sw.stopping:  # e.g. interpreter shutdown under a trial still building: not the trial's fault
+                    self._finish_stopped()
+                else:
+                    self._finish_failed(e)
+        except Exception as e:  # a handler itself failed (disk gone, storage error): still end it, told
+            self._last_resort(e)
         finally:
-            if run.active:  # a handler itself failed: never leave the trial looking alive
+            if run.active:  # never leave the trial looking alive
                 run.state, run.finished_at = "fail", time.time()
             if run.ft is not None:
                 run.ft.close()
@@ -168,15 +172,22 @@ class TrialRunner:
             run.peak_mem = max(run.peak_mem or 0, m.mem_bytes)
             if run.own_mem is None:  # the optimizer's state exists from the first step on
                 run.own_mem = ft.own_bytes()
-            eval_loss = None
+            eval_loss, best_before = None, run.best_eval
             if m.step % interval == 0 or ft.done:
                 eval_loss = self._evaluate()
+                if not math.isfinite(eval_loss):
+                    raise Diverged(f"eval loss is {eval_loss} at step {m.step}: diverged, or the eval split has "
+                                   "no target tokens (check data.max_length against the prompts' length)")
                 if not ft.done:
                     self._maybe_prune()
-            if ck_every and m.step % ck_every == 0 and not ft.done:
+            periodic = bool(ck_every) and m.step % ck_every == 0
+            new_best = eval_loss is not None and (best_before is None or eval_loss < best_before)
+            if (periodic or new_best) and not ft.done:  # the final step is saved below in any case
                 self._checkpoint(eval_loss)
             self._bump()
         self._checkpoint(run.last.get("eval_loss"))
+        if not math.isfinite(run.last.get("eval_loss", math.nan)):
+            raise Diverged(f"final eval loss is {run.last.get('eval_loss')} at step {run.step}")
         self._tell(TrialState.COMPLETE, run.last["eval_loss"])
         self._end("complete", f"trial {run.number} completed: eval loss {run.last['eval_loss']:.4f}")
 
@@ -215,9 +226,9 @@ class TrialRunner:
         try:
             info = ckpt.save(run.ft, run.trial_dir, eval_loss)
             ckpt.prune_checkpoints(run.trial_dir, conf.keep, conf.keep_best)
-        except OSError as e:
+        except Exception as e:  # torch.save and safetensors raise RuntimeError-like errors on a full disk, too
             self.events.emit("checkpoint_failed", run.number, f"trial {run.number}: checkpoint at step "
-                             f"{run.step} failed: {e.strerror or e}; previous checkpoint kept")
+                             f"{run.step} failed: {_one_line(e)}; previous checkpoint kept")
             return None
         run.checkpoints = ckpt.list_checkpoints(run.trial_dir)
         self.events.emit("checkpoint", run.number, f"trial {run.number}: checkpoint at step {info.step}",
@@ -253,6 +264,7 @@ class TrialRunner:
         with self.sweep.study_lock:
             for k, v in attrs.items():
                 self.run.trial.set_user_attr(k, v)
+        self.run.user_attrs.update(attrs)
 
     def _ensure_report(self) -> None:
         """A pruned trial with no intermediate value is invisible to TPE: evaluate once before telling."""
@@ -297,7 +309,7 @@ class TrialRunner:
             msg = (f"out of memory at step {run.step} (batch_size={micro}, "
                    f"grad_accum={run.params.grad_accum}): lower batch_size or raise grad_accum")
         else:
-            msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            msg = _one_line(e)
         run.error = msg
         run.trial_dir.mkdir(parents=True, exist_ok=True)
         (run.trial_dir / "error.log").write_text(traceback.format_exc())
@@ -309,6 +321,20 @@ class TrialRunner:
         self._end("fail", f"trial {run.number} failed: {msg}", kind="failed")
         if oom and micro and micro > 1 and self.sweep.preset.study.retry_oom:
             self._retry_smaller(micro)
+
+    def _last_resort(self, e: BaseException) -> None:
+        """Ending the trial the normal way failed: record FAIL with whatever still works, never raise."""
+        run, msg = self.run, f"could not end the trial cleanly: {_one_line(e)}"
+        log.exception("trial %s: %s", run.number, msg)
+        run.error = run.error or msg
+        for act in (lambda: self._set_attrs(error=run.error), lambda: self._tell(TrialState.FAIL),
+                    lambda: self._end("fail", f"trial {run.number} failed: {msg}", kind="failed")):
+            try:
+                act()
+            except Exception:
+                log.exception("trial %s: last-resort step failed", run.number)
+        run.state = "fail"
+        run.finished_at = run.finished_at or time.time()
 
     def _retry_smaller(self, micro: int) -> None:
         """Re-queue an OOM trial with half the micro-batch and twice the accumulation (same effective batch),
@@ -348,3 +374,7 @@ class TrialRunner:
     def _bump(self) -> None:
         self.run.version += 1
 
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -43,6 +43,7 @@ class TrialSnapshot:
     started_at: float | None = None
     finished_at: float | None = None
     checkpoints: tuple[CheckpointView, ...] = ()
+    user_attrs: dict[str, Any] = field(default_factory=dict)  # Optuna's, as the engine last set them
     version: int = 0  # bumps on every change: a client redraws a trial only when it moved
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import shutil
 import tempfile
 import threading
@@ -20,10 +21,11 @@ from pydantic import ValidationError
 from tui_tuner.engine.events import Event, EventLog
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.jsonl import read_jsonl
+from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRun, TrialRunner
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
-from tui_tuner.params import PARAM_NAMES, SHAPE_PARAMS, TrialParams, first_error
+from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training import checkpoint as ckpt
 from tui_tuner.training.finetune import DataBundle, prepare_data, total_steps
@@ -66,6 +68,9 @@ class Sweep:
         self._queue: dict[int, TrialSnapshot] = {}
         self._sampled = 0
         self._stopping = False
+        self._halted: str | None = None  # why no more trials can start (the sampler broke); running ones go on
+        self._resume_pending: list[int] = []  # resumes waiting for a slot (paused_frees_slot)
+        self._lock: RunDirLock | None = None
         self._done = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._started_at = 0.0
@@ -94,6 +99,7 @@ class Sweep:
         self.tokenizer, self.data = prepare_data(p.model.name, p.data, p.model.trust_remote_code)
         storage = self._url_storage()  # a bad --storage fails here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunDirLock.acquire(self.run_dir)  # two processes must never drive one run
         (self.run_dir / "trials").mkdir(exist_ok=True)
         if not self._resuming:
             (self.run_dir / "preset.toml").write_text(p.to_toml())
@@ -149,6 +155,8 @@ class Sweep:
         if not already and hasattr(self, "events"):
             self.events.emit("sweep_stopped", None, "sweep stopped")
             self.events.close()
+        if self._lock is not None:
+            self._lock.release()
         self._done.set()
 
     @property
@@ -159,14 +167,34 @@ class Sweep:
     def stopping(self) -> bool:
         return self._stopping
 
+    @property
+    def halted(self) -> str | None:
+        """Why the sweep cannot start more trials (its sampler failed), or None."""
+        return self._halted
+
     # -- commands ------------------------------------------------------------------------------
     def pause(self, n: int) -> None:
-        self._active(n).control.pause()
+        run = self._active(n)
+        with self._cond:
+            if n in self._resume_pending:
+                self._resume_pending.remove(n)
+            run.control.pause()
 
     def resume_trial(self, n: int) -> None:
-        self._active(n).control.resume()
+        """Resume a paused trial. When paused trials free their slot (`study.paused_frees_slot`) and every slot
+        is taken, it resumes as soon as one frees, before any new trial starts."""
+        run = self._active(n)
         with self._cond:
+            wait = (self.preset.study.paused_frees_slot and run.control.paused
+                    and self._occupied() >= self._concurrency)
+            if not wait:
+                run.control.resume()
+            elif n not in self._resume_pending:
+                self._resume_pending.append(n)
             self._cond.notify_all()
+        if wait:
+            self.events.emit("resume_queued", n, f"trial {n} resumes when a slot frees "
+                             f"(concurrency {self._concurrency})")
 
     def kill(self, n: int) -> None:
         """Ends trial n at its next step boundary; Optuna records it PRUNED with stopped_by_user."""
@@ -212,10 +240,11 @@ class Sweep:
         if unknown:
             raise SweepError(f"fork: unknown hyperparameter(s) {sorted(unknown)}")
         old = parent.params.model_dump()
-        changed_shape = sorted(k for k in SHAPE_PARAMS & params.keys() if params[k] != old.get(k))
+        fixed = shape_params(self.preset.model.method)
+        changed_shape = sorted(k for k in fixed & params.keys() if params[k] != old.get(k))
         if changed_shape:
-            raise SweepError(f"fork: cannot change {', '.join(changed_shape)}: it changes the weight shapes "
-                             "(start a new trial instead)")
+            raise SweepError(f"fork: cannot change {', '.join(changed_shape)}: it changes the trained tensors, "
+                             "so the parent's weights and optimizer state would not fit (start a new trial instead)")
         values = self._validated({**old, **params}, "fork")
         source = self._fork_source(parent, step)
         end = total_steps(values, len(self.data.train))
@@ -236,6 +265,10 @@ class Sweep:
                 return self.checkpoint(parent.number)
             except OSError as e:
                 raise SweepError(f"fork: could not checkpoint trial {parent.number} now: {e}") from None
+            except (SweepError, RuntimeError):
+                if parent.active:
+                    raise
+                # It ended meanwhile: its final checkpoint (below) is the latest.
         available = ckpt.list_checkpoints(parent.trial_dir)
         if not available:
             raise SweepError(f"fork: trial {parent.number} has no checkpoint")
@@ -260,6 +293,10 @@ class Sweep:
                  copy_checkpoint: ckpt.CheckpointInfo | None = None, fixed: set[str] | None = None) -> int:
         """Enqueue a WAITING trial: searched params in `fixed` (default: all) become Optuna fixed params,
         other changed params are kept in the `overrides` user attr."""
+        if self._stopping:
+            raise SweepError("the sweep is stopped: no new trial can start")
+        if self._halted:
+            raise SweepError(f"the sweep cannot start trials: {self._halted}")
         searched = {k: getattr(values, k) for k in self.preset.search if fixed is None or k in fixed}
         for k, dist in self.preset.search.items():
             choices = getattr(dist, "choices", None)
@@ -312,7 +349,7 @@ class Sweep:
         counts = {s: 0 for s in STATES}
         for t in trials:
             counts[t.state] += 1
-        done = [t for t in trials if t.state == "complete" and t.eval_loss is not None]
+        done = [t for t in trials if t.state == "complete" and t.eval_loss is not None and math.isfinite(t.eval_loss)]
         best = min(done, key=lambda t: t.eval_loss) if done else None  # type: ignore[arg-type,return-value]
         return SweepSnapshot(
             study_name=self.preset.study_name, sampler=self.preset.study.sampler, pruner=self.preset.study.pruner,
@@ -347,8 +384,12 @@ class Sweep:
     # -- scheduler -----------------------------------------------------------------------------
     def _occupied(self) -> int:
         free_paused = self.preset.study.paused_frees_slot
+        # A paused trial told to resume holds its slot from the request on, before its thread wakes.
         return sum(1 for r in self._runs.values()
-                   if r.state == "running" or (r.state == "paused" and not free_paused))
+                   if r.state == "running" or (r.state == "paused" and (not free_paused or not r.control.paused)))
+
+    def _can_start_more(self) -> bool:
+        return self._halted is None and (bool(self._queue) or self._budget_left())
 
     def _timed_out(self) -> bool:
         t = self.preset.study.timeout
@@ -368,20 +409,29 @@ class Sweep:
             if action == "stop":
                 return
             if action == "finished":
-                self.events.emit("sweep_finished", None, "sweep finished: budget spent")
-            else:
+                why = f"halted: {self._halted}" if self._halted else "budget spent"
+                self.events.emit("sweep_finished", None, f"sweep finished: {why}")
+                continue
+            try:
                 self._start_next()
+            except Exception as e:  # the sampler or the storage broke: stop starting trials, never die silently
+                self._halt(e)
 
     def _next_action(self) -> str:
         """Under _cond: wait until a trial can start ("start"), the sweep just finished, or it is stopping."""
         while not self._stopping:
             room = self._occupied() < self._concurrency
-            if room and (self._queue or self._budget_left()):
+            if room and self._resume_pending:
+                run = self._runs.get(self._resume_pending.pop(0))
+                if run is not None and run.active:
+                    run.control.resume()
+                continue
+            if room and self._can_start_more():
                 self._done.clear()
                 return "start"
             # A run counts until its thread is reaped: an OOM retry is queued after the trial has ended.
-            idle = all(r.reaped or r.thread is None for r in self._runs.values()) and not self._queue
-            if idle and not self._budget_left() and not self._done.is_set():
+            idle = all(r.reaped or r.thread is None for r in self._runs.values())
+            if idle and not self._can_start_more() and not self._done.is_set():
                 self._done.set()
                 return "finished"
             self._cond.wait(timeout=1.0)
@@ -418,6 +468,7 @@ class Sweep:
         run = TrialRun(
             number=trial.number, trial=trial, params=params, searched=dict(trial.params), overrides=overrides,
             trial_dir=self._trial_dir(trial.number), origin=origin, by_user=_by_user(attrs),
+            user_attrs={**attrs, "origin": origin},
             parent=attrs.get("parent_trial"),
             fork_step=attrs.get("fork_step"), resume_from=resume_from,
         )
@@ -427,6 +478,20 @@ class Sweep:
         with self._cond:
             self._queue.pop(trial.number, None)
             self._launch(run)
+
+    def _halt(self, e: Exception) -> None:
+        """Starting a trial failed outside any trial (e.g. the sampler's ask): fail the trial it had created, if
+        any, and start no more; running trials finish."""
+        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
+        with self.study_lock, self._cond:
+            self._halted = msg
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if t.number not in self._runs:  # asked, but the ask itself raised: nobody holds it
+                    # The storage, not optuna.Trial: building a Trial would run the failing sampler again.
+                    self.study._storage.set_trial_user_attr(t._trial_id, "error", msg)
+                    self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            self._cond.notify_all()
+        self.events.emit("sweep_halted", None, f"sweep cannot start more trials: {msg}", error=msg)
 
     def _launch(self, run: TrialRun) -> None:
         runner = TrialRunner(self, run)
@@ -470,7 +535,7 @@ class Sweep:
             trial_dir = self._trial_dir(t.number)
             run = TrialRun(number=t.number, trial=None, params=params, searched=dict(t.params), overrides=overrides,
                            trial_dir=trial_dir, origin=origin, by_user=_by_user(t.user_attrs),
-                           parent=t.user_attrs.get("parent_trial"),
+                           user_attrs=dict(t.user_attrs), parent=t.user_attrs.get("parent_trial"),
                            fork_step=t.user_attrs.get("fork_step"))
             last_ckpt = ckpt.list_checkpoints(trial_dir)
             until = last_ckpt[-1].step if (t.state == TrialState.RUNNING and last_ckpt) else None

@@ -301,7 +301,8 @@ class TuiTunerApp(App[int]):
 
         self.push_screen(ParamsDialog(
             f"Fork trial #{t.number} (step {t.step}): the child continues from the checkpoint with these params",
-            self._values(t), editable_params(self.source.preset.search, fork=True), frozenset(), trial=t,
+            self._values(t), editable_params(self.source.preset.search, self.source.preset.model.method),
+            frozenset(), trial=t,
             confirm_label="Fork"), answer)
 
     def action_new_trial(self) -> None:
@@ -317,7 +318,7 @@ class TuiTunerApp(App[int]):
 
         self.push_screen(ParamsDialog(
             "New trial: runs next with these params" + (f" (pre-filled from #{t.number})" if t else ""),
-            self._values(t if t is not None and t.params else None), editable_params(search, fork=False),
+            self._values(t if t is not None and t.params else None), editable_params(search, None),
             frozenset(search), confirm_label="Enqueue"), answer)
 
     def action_concurrency(self, delta: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,18 +15,6 @@ from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.source import SweepSource
-
-
-def user_attrs(source: SweepSource, n: int) -> dict[str, Any]:
-    """The trial's Optuna user attrs, read under the study lock (empty if the study cannot say)."""
-    try:
-        with source.study_lock:
-            for t in source.study.get_trials(deepcopy=False):
-                if t.number == n:
-                    return dict(t.user_attrs)
-    except Exception:
-        return {}
-    return {}
 
 
 def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
@@ -46,7 +34,7 @@ def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
     for k, v in values.items():
         mark = " (searched)" if k in t.params else " (override)" if k in t.overrides else ""
         out.append(f"  {k:<20} {v}{mark}\n", style="bold" if mark else "")
-    attrs = user_attrs(source, t.number)
+    attrs = t.user_attrs  # the engine's copy: reading the study here would wait on its lock
     out.append("\nOptuna user attrs\n", style="bold underline")
     for k, v in attrs.items():
         out.append(f"  {k:<20} {v}\n")

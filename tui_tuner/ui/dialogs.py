@@ -16,7 +16,7 @@ from textual.widgets.option_list import Option
 
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_float
-from tui_tuner.params import SHAPE_PARAMS, TrialParams, first_error
+from tui_tuner.params import TrialParams, first_error, shape_params
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -175,7 +175,8 @@ class ParamsDialog(ModalScreen[ParamsRequest | None]):
         self.dismiss(None)
 
 
-def editable_params(search: dict[str, Any], fork: bool) -> list[str]:
-    names = [*search, "learning_rate", "max_steps"]
-    out = list(dict.fromkeys(names))
-    return [n for n in out if not (fork and n in SHAPE_PARAMS)]
+def editable_params(search: dict[str, Any], fork_of_method: str | None) -> list[str]:
+    """The searched params plus lr and max_steps; for a fork, without those that would change its tensors."""
+    names = list(dict.fromkeys([*search, "learning_rate", "max_steps"]))
+    fixed = shape_params(fork_of_method) if fork_of_method else frozenset()
+    return [n for n in names if n not in fixed]

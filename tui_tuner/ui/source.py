@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -14,8 +13,6 @@ from tui_tuner.preset import Preset
 
 class SweepSource(Protocol):
     preset: Preset
-    study: Any
-    study_lock: threading.RLock
 
     def snapshot(self) -> SweepSnapshot: ...
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]: ...
