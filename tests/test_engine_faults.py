@@ -57,6 +57,10 @@ def test_a_sampler_that_fails_halts_the_sweep_without_leaving_a_trial_running(ma
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
     assert "scipy" in _trials(sweep)[1].user_attrs["error"]
     assert any(e.kind == "sweep_halted" for e in sweep.events_since(0))
+    assert sweep.snapshot().halted == sweep.halted
+    from tui_tuner.ui.status_line import status_text
+
+    assert "HALTED" in status_text(sweep.snapshot()).plain  # the app's header says so, not "finished"
     with pytest.raises(SweepError, match="cannot start trials"):
         sweep.enqueue({"learning_rate": 1e-3})
 

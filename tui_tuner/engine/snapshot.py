@@ -70,3 +70,4 @@ class SweepSnapshot:
     counts: dict[str, int] = field(default_factory=dict)
     best_trial: int | None = None
     best_value: float | None = None
+    halted: str | None = None  # why no more trials can start (the sampler failed)

@@ -356,6 +356,7 @@ class Sweep:
             concurrency=self._concurrency, n_trials=self.preset.study.n_trials, started_at=self._started_at,
             elapsed=time.time() - self._started_at, finished=self.finished, trials=trials, counts=counts,
             best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
+            halted=self._halted,
         )
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:

@@ -18,10 +18,12 @@ def status_text(snap: SweepSnapshot) -> Text:
     c = snap.counts
     started = sum(v for k, v in c.items() if k != "waiting")
     best = (f"{fmt_float(snap.best_value)} (#{snap.best_trial})" if snap.best_trial is not None else "-")
-    state = "finished" if snap.finished else "running"
+    state = "HALTED" if snap.halted else "finished" if snap.finished else "running"
     t = Text()
     t.append(f" {snap.study_name} ", style="bold reverse")
-    t.append(f" {snap.sampler}/{snap.pruner}  {fmt_elapsed(snap.elapsed)} {state}  ")
+    t.append(f" {snap.sampler}/{snap.pruner}  {fmt_elapsed(snap.elapsed)} ")
+    t.append(state, style="bold red" if snap.halted else "")
+    t.append("  ")
     t.append(f"conc {snap.concurrency}", style="bold")
     t.append(f"  best {best}\n", style="bold green" if snap.best_trial is not None else "")
     t.append(f" {started} trials, budget {snap.n_trials}: ")
