@@ -363,3 +363,61 @@ def test_a_fork_stopped_before_its_first_step_continues_from_its_fork_checkpoint
         assert cont.fork_step == 10 and cont.step == 30
     finally:
         again.stop()
+
+
+def _adalora(data, **kw) -> FineTune:
+    # 50 steps: AdaLoRA warms up to step 5, prunes ranks every 10 steps, freezes them from step 40 on.
+    p = dict(max_steps=50, batch_size=8, eval_batches=2, learning_rate=3e-3, warmup_steps=5, lora_r=4,
+             lora_dropout=0.0, schedule="cosine")
+    return FineTune("builtin:tiny-llama", "adalora", TrialParams(**{**p, **kw}), data)
+
+
+def _kept_ranks(ft: FineTune) -> int:
+    pattern = ft.model.peft_config["default"].rank_pattern
+    return sum(sum(kept) for kept in pattern.values())
+
+
+def test_exact_resume_of_adalora_while_pruning_and_after_the_ranks_are_frozen(demo_data, tmp_path):
+    straight = _adalora(demo_data)
+    losses = [straight.step().loss for _ in range(50)]
+    first = _adalora(demo_data)
+    saved = {}
+    for _ in range(45):
+        first.step()
+        if first.step_count in (29, 45):
+            saved[first.step_count] = ckpt.save(first, tmp_path)
+    for at, info in saved.items():
+        resumed = _adalora(demo_data)
+        ckpt.restore(resumed, info.path)
+        # Step 29 resumes mid-pruning: the prune at step 30 ranks triplets by the saved importance scores (scores
+        # rebuilt from one step give a different pattern). Step 45 resumes in the frozen phase, where every step
+        # re-applies the saved rank pattern.
+        tail = [resumed.step().loss for _ in range(50 - at)]
+        assert tail == pytest.approx(losses[at:], rel=1e-5, abs=1e-6), at
+        assert resumed.model.peft_config["default"].rank_pattern == straight.model.peft_config["default"].rank_pattern
+    assert _kept_ranks(straight) == 4 * len(straight.model.peft_config["default"].rank_pattern)
+    # The pruned checkpoint is still a standard adapter that computes what the trial's model computes.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tui_tuner.training.model import builtin_model_dir
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(builtin_model_dir()), saved[45].path)
+    ids = torch.tensor([[50, 51, 52, 53]])
+    loaded.eval()
+    first.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(input_ids=ids).logits, first.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_adalora_fork_into_the_frozen_phase_freezes_the_ranks_at_the_target_budget(demo_data, tmp_path):
+    parent = _adalora(demo_data)
+    for _ in range(9):  # past the warm-up, before the first prune (step 10): no rank pattern yet
+        parent.step()
+    assert parent.model.peft_config["default"].rank_pattern is None
+    info = ckpt.save(parent, tmp_path)
+    # A 10-step plan freezes the ranks after step 8: the child starts in that phase and must allocate them now.
+    child = _adalora(demo_data, max_steps=10)
+    ckpt.restore(child, info.path)
+    assert child.step().step == 10
+    assert _kept_ranks(child) == 4 * len(child.model.peft_config["default"].rank_pattern)

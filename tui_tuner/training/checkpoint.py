@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from tui_tuner.training.model import adalora_state, load_adalora_state
 
 if TYPE_CHECKING:
     from tui_tuner.training.finetune import FineTune
@@ -40,9 +44,11 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> Check
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-step-{ft.step_count}-"))
     try:
         # peft writes adapter_model.safetensors + adapter_config.json; full models write model.safetensors.
-        ft.model.save_pretrained(tmp)
+        with _unpruned_adalora(ft):
+            ft.model.save_pretrained(tmp)
         state = {
             "step": ft.step_count,
+            "adalora": adalora_state(ft.model) if ft.method == "adalora" else None,
             "optimizer": ft.optimizer.state_dict(),
             "scaler": ft.scaler.state_dict() if ft.scaler else None,
             "data": ft.stream.state(),
@@ -70,6 +76,23 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> Check
     return CheckpointInfo(ft.step_count, final, eval_loss, info["time"])
 
 
+@contextlib.contextmanager
+def _unpruned_adalora(ft: FineTune) -> Iterator[None]:
+    """Save AdaLoRA's adapter at its full initial rank, its pruned triplets included (their E is zero, so the
+    adapter computes the same). With a rank pattern set, peft saves only the kept triplets: that adapter no longer
+    fits a freshly built model, and it loses the pruned triplets' A and B, which training can still revive
+    until the ranks freeze. The pattern goes into the training state instead."""
+    if ft.method != "adalora":
+        yield
+        return
+    cfg = ft.model.peft_config["default"]
+    pattern, cfg.rank_pattern = cfg.rank_pattern, None
+    try:
+        yield
+    finally:
+        cfg.rank_pattern = pattern
+
+
 def _fsync_dir(path: Path) -> None:
     for f in path.iterdir():
         with f.open("rb") as fh:
@@ -91,9 +114,14 @@ def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
         from safetensors.torch import load_file
 
         weights = load_file(str(ckpt / "adapter_model.safetensors"), device=str(ft.device))
-        result = set_peft_model_state_dict(ft.model, weights)
+        try:
+            result = set_peft_model_state_dict(ft.model, weights)
+        except RuntimeError as e:  # torch lists every mismatched tensor, one line each
+            raise ValueError(f"{ckpt}: adapter does not fit the model: {str(e).splitlines()[-1].strip()}") from None
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{ckpt}: adapter does not fit the model: {result.unexpected_keys[:3]}")
+    if state.get("adalora"):
+        load_adalora_state(ft.model, state["adalora"], ft.device)
     ft.optimizer.load_state_dict(state["optimizer"])
     if ft.scaler and state.get("scaler"):
         ft.scaler.load_state_dict(state["scaler"])

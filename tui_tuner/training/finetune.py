@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from tui_tuner.params import TrialParams
 from tui_tuner.training import data as D
-from tui_tuner.training.model import adalora_orth_penalty, autocast_dtype, build_model, load_tokenizer, pick_device
+from tui_tuner.training.model import (
+    adalora_orth_penalty,
+    autocast_dtype,
+    build_model,
+    load_tokenizer,
+    pick_device,
+    sync_adalora_schedule,
+)
 from tui_tuner.training.schedules import lr_factor
 
 
@@ -104,6 +111,8 @@ class FineTune:
         self.stream.batch_size = self.batch_size
         self.stream.prompt_weight = params.prompt_loss_weight
         self.total_steps = total_steps(params, len(self.data.train))
+        if self.method == "adalora":
+            sync_adalora_schedule(self.model, self.total_steps, self.step_count)
         self._set_lr()
 
     def current_lr(self) -> float:

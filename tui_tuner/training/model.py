@@ -133,11 +133,54 @@ def adapter_config(method: str, params: TrialParams, total_steps: int) -> Any:
                   target_modules=params.target_modules(), task_type="CAUSAL_LM")
     if method == "lora":
         return LoraConfig(r=params.lora_r, **common)
-    # AdaLoRA starts at 1.5x the target rank and prunes to lora_r on average: warm up for the first 10 % of
-    # the steps, reallocate every 10 steps, freeze the ranks for the last 20 %.
+    # AdaLoRA starts at 1.5x the target rank and prunes to lora_r on average.
     return AdaLoraConfig(init_r=max(params.lora_r, round(params.lora_r * 1.5)), target_r=params.lora_r,
-                         tinit=total_steps // 10, tfinal=total_steps // 5, deltaT=10,
-                         total_step=max(total_steps, 1 + total_steps // 10 + total_steps // 5), **common)
+                         **adalora_schedule(total_steps), **common)
+
+
+def adalora_schedule(total_steps: int) -> dict[str, int]:
+    """AdaLoRA's rank schedule for a plan of `total_steps`: warm up for the first 10 % of the steps, reallocate
+    every 10 steps, freeze the ranks for the last 20 % (peft refuses a total_step that leaves no room between)."""
+    tinit, tfinal = total_steps // 10, total_steps // 5
+    return {"tinit": tinit, "tfinal": tfinal, "deltaT": 10, "total_step": max(total_steps, 1 + tinit + tfinal)}
+
+
+_ALLOCATOR_SCORES = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
+def adalora_state(model: Any) -> dict[str, Any]:
+    """What AdaLoRA's rank allocation carries between steps outside the weights: the rank pattern (which
+    triplets are kept; every step of the frozen phase re-applies it) and the allocator's smoothed importance
+    scores (the next reallocation ranks by them)."""
+    alloc = model.base_model.rankallocator
+    state = {key: dict(getattr(alloc, key)) for key in _ALLOCATOR_SCORES}
+    return {"rank_pattern": model.peft_config["default"].rank_pattern, **state}
+
+
+def load_adalora_state(model: Any, state: dict[str, Any], device: torch.device) -> None:
+    model.peft_config["default"].rank_pattern = state["rank_pattern"]
+    alloc = model.base_model.rankallocator
+    for key in _ALLOCATOR_SCORES:
+        setattr(alloc, key, {name: t.to(device) for name, t in state[key].items()})
+
+
+def sync_adalora_schedule(model: Any, total_steps: int, step: int) -> None:
+    """Fit AdaLoRA's rank schedule to the plan in effect (a fork may change max_steps). A trial that starts past
+    the point where its ranks freeze (a fork with fewer steps) has them frozen now at the target budget, as peft
+    does when it reaches that point; otherwise peft's next step would mask with a rank pattern it never made."""
+    cfg = model.peft_config["default"]
+    for key, value in adalora_schedule(total_steps).items():
+        setattr(cfg, key, value)
+    freeze_at = cfg.total_step - cfg.tfinal
+    if step <= freeze_at:
+        return
+    alloc = model.base_model.rankallocator
+    if alloc.ipt:  # peft clears the scores when it freezes the ranks: still there means never frozen
+        cfg.rank_pattern = alloc.mask_to_budget(model.base_model.model, alloc.target_bgt)
+        alloc.reset_ipt()
+    elif cfg.rank_pattern is None:
+        raise ModelError(f"AdaLoRA: step {step} is past the step where the ranks freeze ({freeze_at}) but there "
+                         "are no importance scores to allocate them from (a checkpoint from an older version?)")
 
 
 def adalora_orth_penalty(model: torch.nn.Module, factors: list[tuple[str, torch.nn.Parameter]]) -> torch.Tensor:
