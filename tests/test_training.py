@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -112,6 +113,34 @@ def test_schedules_warm_up_then_stay_within_peak(schedule):
     assert all(0.0 <= x <= 1.0 + 1e-9 for x in f)
     if schedule in ("linear", "cosine", "wsd"):
         assert f[-1] < 0.05
+
+
+@pytest.mark.parametrize("schedule", ["cosine_restarts", "cyclic_wsd"])
+@pytest.mark.parametrize(("max_steps", "cycle_steps", "period"), [(100, 30, 30), (110, None, 33)])
+def test_cyclic_schedules_restart_at_the_peak_every_period(schedule, max_steps, cycle_steps, period):
+    """Unset cycle_steps means a third of the steps after warm-up (110 steps: a period of 33)."""
+    p = TrialParams(max_steps=max_steps, warmup_steps=10, schedule=schedule, cycle_steps=cycle_steps,
+                    decay_fraction=0.2, min_lr_ratio=0.1, learning_rate=1.0)
+    f = [lr_factor(s, p, max_steps) for s in range(max_steps)]
+    starts = list(range(10, max_steps, period))
+    rises = [s for s in range(11, max_steps) if f[s] > f[s - 1]]
+    # The LR jumps back up at every period boundary and nowhere else: 2 restarts for 90 steps of period 30,
+    # 3 for 100 of period 33 (the last cycle one step long).
+    assert rises == starts[1:] and len(rises) == math.ceil((max_steps - 10) / period) - 1
+    decay = round(period * 0.2)
+    for lo, hi in itertools.pairwise([*starts, max_steps]):
+        cycle = f[lo:hi]
+        assert cycle[0] == 1.0 and all(a >= b for a, b in itertools.pairwise(cycle))
+        if hi - lo < period:
+            continue
+        if schedule == "cyclic_wsd":
+            # Each cycle: flat at the peak, then a linear decay over its last 20 % down to min_lr_ratio.
+            assert cycle[: period - decay] == [1.0] * (period - decay)
+            steps_down = [a - b for a, b in itertools.pairwise(cycle[period - decay - 1 :])]
+            assert steps_down == pytest.approx([0.9 / decay] * decay)
+            assert cycle[-1] == pytest.approx(0.1)
+        else:
+            assert all(a > b for a, b in itertools.pairwise(cycle)) and 0.1 < cycle[-1] < 0.11
 
 
 def test_wsd_is_flat_then_decays():
