@@ -5,11 +5,14 @@ from __future__ import annotations
 import itertools
 import math
 
+import optuna
 import pytest
 import torch
 
+from tests.conftest import tiny_preset_dict
+from tui_tuner.engine.study import suggest_params
 from tui_tuner.params import TrialParams
-from tui_tuner.preset import DataSection
+from tui_tuner.preset import DataSection, Preset
 from tui_tuner.training.data import collate, tokenize
 from tui_tuner.training.finetune import FineTune, prepare_data
 from tui_tuner.training.schedules import lr_factor
@@ -77,20 +80,92 @@ def test_prompt_loss_weight_zero_means_prompt_logits_get_zero_grad(demo_data):
     assert g[plen - 1 : len(ex[0].ids) - 1].abs().sum() > 0
 
 
+def _grads_at_optimizer_step(ft: FineTune) -> list[list[torch.Tensor]]:
+    """Record the gradients each optimizer step is given (after clipping), one list per step."""
+    seen: list[list[torch.Tensor]] = []
+    orig = ft.optimizer.step
+
+    def spy(*a, **k):
+        seen.append([p.grad.detach().clone() for p in ft.trainable if p.grad is not None])
+        return orig(*a, **k)
+
+    ft.optimizer.step = spy
+    return seen
+
+
+def _norm(grads: list[torch.Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
 def test_clip_by_value_bounds_every_gradient_element(demo_data):
     _, data = demo_data
     ft = FineTune("builtin:tiny-llama", "lora", _params(max_grad_value=1e-4, max_grad_norm=None,
                                                          learning_rate=0.0 + 1e-9), data)
-    seen = []
-    orig = ft.optimizer.step
-
-    def spy(*a, **k):
-        seen.append(max(float(p.grad.abs().max()) for p in ft.trainable if p.grad is not None))
-        return orig(*a, **k)
-
-    ft.optimizer.step = spy
+    seen = _grads_at_optimizer_step(ft)
     ft.step()
-    assert seen and seen[0] <= 1e-4 + 1e-12
+    assert seen and max(float(g.abs().max()) for g in seen[0]) <= 1e-4 + 1e-12
+
+
+def test_clip_by_norm_scales_the_gradient_to_the_bound_and_reports_the_norm_before(demo_data):
+    _, data = demo_data
+    unclipped = FineTune("builtin:tiny-llama", "lora", _params(max_grad_norm=None), data)
+    free = _grads_at_optimizer_step(unclipped)
+    reported_free = unclipped.step().grad_norm
+    assert _norm(free[0]) == pytest.approx(reported_free, rel=1e-4)
+    # The same first batch, clipped to a tenth of its norm: the optimizer sees exactly the bound, in the same
+    # direction, while the metric keeps the norm before clipping.
+    bound = reported_free / 10
+    clipped = FineTune("builtin:tiny-llama", "lora", _params(max_grad_norm=bound), data)
+    seen = _grads_at_optimizer_step(clipped)
+    reported = clipped.step().grad_norm
+    assert reported == pytest.approx(reported_free, rel=1e-4) and reported > bound
+    assert _norm(seen[0]) <= bound * (1 + 1e-5) and _norm(seen[0]) == pytest.approx(bound, rel=1e-4)
+    for g, f in zip(seen[0], free[0], strict=True):
+        assert torch.allclose(g, f / 10, rtol=1e-3, atol=1e-12)
+
+
+def _first_updates(data, steps: int, **kw) -> list[list[torch.Tensor]]:
+    """The change each of the first `steps` optimizer steps makes to the trainable weights."""
+    ft = FineTune("builtin:tiny-llama", "lora", _params(warmup_steps=0, schedule="constant", **kw), data)
+    weights = [[p.detach().clone() for p in ft.trainable]]
+    for _ in range(steps):
+        ft.step()
+        weights.append([p.detach().clone() for p in ft.trainable])
+    return [[b - a for a, b in zip(w0, w1, strict=True)] for w0, w1 in itertools.pairwise(weights)]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.allclose(x, y, rtol=1e-4, atol=1e-9) for x, y in zip(a, b, strict=True))
+
+
+def test_adam_betas_and_epsilon_reach_the_optimizer(demo_data):
+    _, data = demo_data
+    ft = FineTune("builtin:tiny-llama", "lora", _params(adam_beta1=0.5, adam_beta2=0.95, adam_epsilon=1e-3), data)
+    assert all(g["betas"] == (0.5, 0.95) and g["eps"] == 1e-3 for g in ft.optimizer.param_groups)
+
+
+@pytest.mark.parametrize("beta", ["adam_beta1", "adam_beta2"])
+def test_adam_betas_change_the_second_update_not_the_first(demo_data, beta):
+    _, data = demo_data
+    default = _first_updates(data, 2)
+    changed = _first_updates(data, 2, **{beta: 0.5})
+    # Adam's bias correction makes the first update g/|g| whatever the betas; from the second on, the moving
+    # averages mix in the earlier gradient by beta1 (direction) and beta2 (scale).
+    assert _same(default[0], changed[0])
+    assert not _same(default[1], changed[1])
+
+
+def test_adam_epsilon_damps_the_update(demo_data):
+    _, data = demo_data
+    lr = _params().learning_rate
+
+    def largest(updates: list[torch.Tensor]) -> float:
+        return max(float(u.abs().max()) for u in updates)
+
+    # Adam's first update is lr * g / (|g| + eps): lr * sign(g) with a tiny epsilon. The gradient is clipped to
+    # norm 1 (max_grad_norm's default), so every |g| <= 1 and epsilon 10 keeps every update under lr / 11.
+    assert largest(_first_updates(data, 1)[0]) == pytest.approx(lr, rel=1e-3)
+    assert largest(_first_updates(data, 1, adam_epsilon=10.0)[0]) < lr / 11
 
 
 def test_frozen_layers_keep_their_weights(demo_data):
@@ -103,6 +178,24 @@ def test_frozen_layers_keep_their_weights(demo_data):
         ft.step()
     assert all(torch.equal(a, b) for a, b in zip(before0, layers[0].parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in zip(before1, layers[1].parameters(), strict=True))
+
+
+def test_lora_target_modules_as_a_searched_choice_decide_which_modules_get_adapters(demo_data):
+    _, data = demo_data
+    choices = ["q_proj,v_proj", "all-linear"]
+    preset = Preset.from_dict(tiny_preset_dict(search={"lora_target_modules": {"type": "categorical",
+                                                                               "choices": choices}}))
+    wrapped = {}
+    for choice in choices:
+        params = suggest_params(optuna.trial.FixedTrial({"lora_target_modules": choice}), preset)
+        ft = FineTune("builtin:tiny-llama", "lora", params, data)
+        # Trainable names look like base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight.
+        wrapped[choice] = {n.split(".lora_")[0].removeprefix("base_model.model.model.")
+                           for n, p in ft.model.named_parameters() if p.requires_grad}
+    attn = {f"layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    mlp = {f"layers.{i}.mlp.{m}" for i in (0, 1) for m in ("gate_proj", "up_proj", "down_proj")}
+    assert wrapped["q_proj,v_proj"] == {m for m in attn if m.endswith(("q_proj", "v_proj"))}
+    assert wrapped["all-linear"] == attn | mlp  # every linear layer but the output head
 
 
 @pytest.mark.parametrize("schedule", ["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"])
