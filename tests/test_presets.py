@@ -13,6 +13,7 @@ from tui_tuner.cli import main
 from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, dump_toml
 
 GOOD = dump_toml(tiny_preset_dict())
+INT_R = ["search.lora_r.type=int", "search.lora_r.low=2", "search.lora_r.high=16"]  # an int range to break
 
 # (what is wrong, preset text or a transform of GOOD, overrides, expected fragment of the one-line error)
 BAD_CASES = [
@@ -42,22 +43,50 @@ BAD_CASES = [
     ("bad schedule", GOOD, ["params.schedule=cosine_warm"], "params.schedule"),
     ("bad method", GOOD, ["model.method=qlora"], "model.method"),
     ("neither max_steps nor epochs", GOOD.replace("max_steps = 40", ""), [], "params: set max_steps or epochs"),
+    # Ranges Optuna itself rejects: each would make every trial's suggest_* raise, so every trial FAILs.
+    ("float log with step", GOOD, ["search.learning_rate.step=1e-4"],
+     "--set search.learning_rate: The parameter 'step' is not supported when 'log' is true."),
+    ("int log with step", GOOD, [*INT_R, "search.lora_r.log=true", "search.lora_r.step=2"],
+     "--set search.lora_r: Samplers and other components in Optuna only accept step is 1"),
+    ("int log from 0", GOOD, [*INT_R, "search.lora_r.log=true", "search.lora_r.low=0"],
+     "--set search.lora_r: log scale needs low > 0"),
+    ("float step 0", GOOD, ["search.learning_rate.log=false", "search.learning_rate.step=0.0"],
+     "--set search.learning_rate: 'step > 0' must hold, but got step=0.0"),
+    ("negative int step", GOOD, [*INT_R, "search.lora_r.step=-2"],
+     "--set search.lora_r: 'step > 0' must hold, but got step=-2"),
+    ("nan bound", GOOD, ["search.learning_rate.high=nan"], "--set search.learning_rate.high: Input should be a finite"),
+    # Sweep.start() builds the grid sampler after it has written the run dir: the preset check must catch this.
+    ("grid sampler, float without step", GOOD, ["study.sampler=grid"],
+     "{path}: search.learning_rate: the grid sampler needs 'step' on float ranges"),
 ]
 
 
-@pytest.mark.parametrize(("what", "text", "overrides", "expected"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
-def test_bad_preset_gives_one_line_error_and_exit_2(tmp_path, capsys, what, text, overrides, expected):
+def _run_cli(tmp_path, text, overrides, dry_run):
+    """`tui-tuner run` on a preset; without --dry-run a preset that wrongly passes must not train: its study
+    timeout is over before the first trial could start, so main() returns 0 at once and the test fails."""
     path = tmp_path / "bad.toml"
     path.write_text(text)
-    args = ["run", str(path), "--dry-run", "--run-dir", str(tmp_path / "run")]
+    args = ["run", str(path), "--run-dir", str(tmp_path / "run")]
+    args += ["--dry-run"] if dry_run else ["--headless", "--set", "study.timeout=1e-9"]
     for o in overrides:
         args += ["--set", o]
-    assert main(args) == 2
-    err = capsys.readouterr().err
+    return main(args), path
+
+
+def _assert_one_line_errors(err, expected):
     assert expected in err, err
     assert "Traceback" not in err and "Value error" not in err  # a validator's words, not pydantic's wrapper
-    assert all(line.startswith("tui-tuner: error: ") for line in err.strip().splitlines())
-    assert not (tmp_path / "run").exists()
+    assert all(line.startswith("tui-tuner: error: ") for line in err.strip().splitlines()), err
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize(("what", "text", "overrides", "expected"), BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_preset_gives_one_line_error_and_exit_2(tmp_path, capsys, what, text, overrides, expected, dry_run):
+    code, path = _run_cli(tmp_path, text, overrides, dry_run)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    _assert_one_line_errors(err, expected.format(path=path))
+    assert not (tmp_path / "run").exists()  # nothing written before validation passes
 
 
 def test_all_errors_are_listed_at_once(tmp_path):
@@ -171,3 +200,57 @@ def test_every_sampler_and_pruner_is_constructed(sampler, pruner):
     raw["search"] = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-2, "step": 1e-4}}
     p = Preset.from_dict(raw)
     assert make_sampler(p) is not None and make_pruner(p, 100) is not None
+
+
+def test_set_paths_resolve_against_the_shell_directory_and_survive_the_run_dir(tmp_path, monkeypatch, capsys):
+    # The README's own example: `--set data.train=train.jsonl`, run from the data's directory, preset elsewhere.
+    work, presets = tmp_path / "work", tmp_path / "presets"
+    work.mkdir(), presets.mkdir()
+    (work / "train.jsonl").write_text("".join(f'{{"text": "{i} {i + 1} {i + 2}"}}\n' for i in range(40)))
+    (presets / "p.toml").write_text(GOOD)
+    monkeypatch.chdir(work)
+    sets = ["data.train=train.jsonl", 'description="two\\nlines, a \\"quote\\", a tab\\tand a \\\\ backslash"']
+    expected = Preset.load(presets / "p.toml", sets)
+    assert expected.data.train == str(work / "train.jsonl")
+    assert expected.description == 'two\nlines, a "quote", a tab\tand a \\ backslash'
+    args = ["run", str(presets / "p.toml"), "--headless", "--run-dir", "run", "--set", "study.timeout=1e-9"]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0, capsys.readouterr().err  # the timeout ends the sweep before any trial starts
+    saved = Preset.load(work / "run" / "preset.toml")  # what resume and export read
+    assert saved == expected.model_copy(update={"study": expected.study.model_copy(update={"timeout": 1e-9})})
+    # Both commands work on it from another directory.
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", str(work / "run")]) == 0, capsys.readouterr().err
+    assert main(["resume", str(work / "run"), "--headless"]) == 0, capsys.readouterr().err
+
+
+def test_set_model_paths_and_hub_ids(tmp_path, monkeypatch):
+    (tmp_path / "mymodel").mkdir()
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    monkeypatch.chdir(tmp_path)
+    local = Preset.load(path, ["model.name=mymodel"])
+    assert local.model.name == str(tmp_path / "mymodel")  # a local directory, as from_pretrained would read it
+    assert Preset.load(path, ["model.name=./mymodel"]).model.name == str(tmp_path / "mymodel")
+    hub = Preset.load(path, ["model.name=HuggingFaceTB/SmolLM2-135M"])
+    assert hub.model.name == "HuggingFaceTB/SmolLM2-135M"
+    builtin = Preset.load(path)
+    assert builtin.model.name == "builtin:tiny-llama" and builtin.data.train == "builtin:progressions"
+    # Reloaded from another directory (the run dir), every one means the same thing.
+    for p in (local, hub):
+        (tmp_path / "elsewhere").mkdir(exist_ok=True)
+        (tmp_path / "elsewhere" / "preset.toml").write_text(p.to_toml())
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert Preset.load("preset.toml") == p
+        monkeypatch.chdir(tmp_path)
+
+
+def test_dump_toml_escapes_control_characters():
+    import tomllib
+
+    raw = tiny_preset_dict()
+    raw["description"] = 'a\nmulti-line\r\ndescription with "quotes", \\, \t, \x01, \x7f and ü'
+    text = dump_toml(raw)
+    assert tomllib.loads(text)["description"] == raw["description"]
+    assert Preset.from_dict(tomllib.loads(text)) == Preset.from_dict(raw)

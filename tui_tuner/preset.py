@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import optuna.distributions as od
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tui_tuner.params import PARAM_NAMES, TrialParams, error_message
@@ -41,17 +45,15 @@ class DataSection(_Strict):
 
 class FloatDist(_Strict):
     type: Literal["float"]
-    low: float
-    high: float
+    low: float = Field(allow_inf_nan=False)
+    high: float = Field(allow_inf_nan=False)
     log: bool = False
-    step: float | None = None
+    step: float | None = Field(None, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _range(self) -> FloatDist:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError("log scale needs low > 0")
+        _check_range(self.low, self.high, self.log)
+        _optuna_accepts(lambda: od.FloatDistribution(self.low, self.high, log=self.log, step=self.step))
         return self
 
 
@@ -64,14 +66,36 @@ class IntDist(_Strict):
 
     @model_validator(mode="after")
     def _range(self) -> IntDist:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) > high ({self.high})")
+        _check_range(self.low, self.high, self.log)
+        _optuna_accepts(lambda: od.IntDistribution(self.low, self.high, log=self.log, step=self.step))
         return self
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    """The common mistakes, in our words; Optuna's own checks below catch the rest."""
+    if low > high:
+        raise ValueError(f"low ({low}) > high ({high})")
+    if log and low <= 0:
+        raise ValueError("log scale needs low > 0")
+
+
+def _optuna_accepts(build: Callable[[], od.BaseDistribution]) -> None:
+    """Build the distribution Optuna will be asked for, so a range it rejects fails at load time; otherwise
+    every trial's suggest_* raises and each one is told FAIL."""
+    try:
+        build()
+    except ValueError as e:
+        raise ValueError(str(e).replace("`", "'")) from None
 
 
 class CategoricalDist(_Strict):
     type: Literal["categorical"]
     choices: list[str | int | float | bool | None] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _optuna(self) -> CategoricalDist:
+        _optuna_accepts(lambda: od.CategoricalDistribution(self.choices))
+        return self
 
 
 Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discriminator="type")]
@@ -134,14 +158,25 @@ class Preset(_Strict):
                     raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {msg}") from None
         return self
 
+    @model_validator(mode="after")
+    def _grid(self) -> Preset:
+        """The grid sampler is built in Sweep.start(), after the run dir is written: check its space now."""
+        if self.study.sampler == "grid":
+            # Imported here: the engine imports this module.
+            from tui_tuner.engine.study import grid_space
+
+            grid_space(self)  # its ValueError names the search field
+        return self
+
     @property
     def study_name(self) -> str:
         return self.study.name or self.name
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] | None = None) -> Preset:
-        """Read a TOML preset, apply `key=value` overrides, validate; raise PresetError naming file+field."""
+    def load(cls, path: str | Path, overrides: list[str] | None = None, *, check_paths: bool = True) -> Preset:
+        """Read a TOML preset, apply `key=value` overrides, validate; raise PresetError naming file+field.
+        `check_paths=False` skips the model/data existence check (export reads params, never the data)."""
         path = Path(path)
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -150,16 +185,21 @@ class Preset(_Strict):
         except tomllib.TOMLDecodeError as e:
             raise PresetError(f"{path}: malformed TOML: {e}") from None
         _anchor_paths(raw, path.parent)
-        return cls.from_dict(raw, source=str(path), overrides=overrides)
+        return cls.from_dict(raw, source=str(path), overrides=overrides, check_paths=check_paths)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<preset>", overrides: list[str] | None = None) -> Preset:
+    def from_dict(cls, raw: dict[str, Any], source: str = "<preset>", overrides: list[str] | None = None, *,
+                  check_paths: bool = True) -> Preset:
         raw = apply_overrides(raw, overrides or [], source)
+        # Paths from --set (and from dicts built in code) mean the shell's directory; made absolute here because
+        # the resolved preset is saved in the run dir, where a relative path would be read against the run dir.
+        _anchor_paths(raw, Path.cwd(), existing_models=True)
         try:
             preset = cls.model_validate(raw)
         except ValidationError as e:
             raise PresetError("\n".join(_format_errors(e, source, overrides or []))) from None
-        preset.check_paths(source)
+        if check_paths:
+            preset.check_paths(source)
         return preset
 
     def check_paths(self, source: str) -> None:
@@ -178,18 +218,29 @@ class Preset(_Strict):
         return dump_toml(self.model_dump(mode="json", exclude_none=True))
 
 
-def _anchor_paths(raw: dict[str, Any], base: Path) -> None:
-    """Data files named in a preset are relative to the preset file (as in docker-compose), so a bundled
-    preset works from any directory; `--set` paths stay relative to the shell's directory."""
+def _anchor_paths(raw: dict[str, Any], base: Path, existing_models: bool = False) -> None:
+    """Make relative data paths and local model paths absolute against `base`. Preset.load anchors a file's own
+    paths to its directory (as docker-compose does), so a bundled preset works from any directory; from_dict
+    then anchors what is left (`--set` values) to the working directory. A model name is a local path when it
+    starts with '.' or '~', or (`existing_models`) when it names an existing directory, as from_pretrained would
+    read it; otherwise it stays a hub id."""
     data = raw.get("data")
     if isinstance(data, dict):
         for key in ("train", "eval"):
             value = data.get(key)
-            if isinstance(value, str) and not value.startswith("builtin:") and not Path(value).is_absolute():
-                data[key] = str((base / value).resolve())
+            if isinstance(value, str) and value and not value.startswith("builtin:"):
+                data[key] = _absolute(value, base)
     model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("name"), str) and model["name"].startswith("."):
-        model["name"] = str((base / model["name"]).resolve())
+    name = model.get("name") if isinstance(model, dict) else None
+    if isinstance(model, dict) and isinstance(name, str) and name and not name.startswith("builtin:"):
+        local = name.startswith((".", "~")) or (existing_models and (base / name).exists())
+        if local:
+            model["name"] = _absolute(name, base)
+
+
+def _absolute(value: str, base: Path) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
 
 
 def _looks_local(name: str) -> bool:
@@ -210,6 +261,9 @@ def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> l
         # Drop pydantic's union branch tags such as 'float' in search.lr.float.low.
         if len(loc) >= 3 and loc[0] == "search" and loc[2] in ("float", "int", "categorical"):
             loc.pop(2)
+        named = re.fullmatch(r"([A-Za-z_][\w.-]*): (.+)", error_message(e)) if not loc else None
+        if named:  # a whole-preset check (search names, grid space) names its field in the message
+            loc = named.group(1).split(".")
         field = ".".join(loc) or "(top level)"
         from_set = any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in set_keys)
         where = f"--set {field}" if from_set else f"{source}: {field}"
@@ -222,6 +276,8 @@ def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> l
             msg = f"unknown key{_did_you_mean(loc[-1], _fields_at(loc[:-1]))}"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif named:
+            msg = named.group(2)
         else:
             msg = error_message(e) + (f" (got {got!r})" if not isinstance(got, dict) else "")
         lines.append(f"{where}: {msg}")
@@ -248,8 +304,6 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    import copy
-
     raw = copy.deepcopy(raw)
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -274,7 +328,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            return _toml_string(v)
         if isinstance(v, list):
             return "[" + ", ".join(scalar(x) for x in v) + "]"
         if isinstance(v, dict):
@@ -295,7 +349,24 @@ def dump_toml(data: dict[str, Any]) -> str:
 
 
 def _key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else f'"{k}"'
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_string(k)
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(v: str) -> str:
+    """A TOML basic string: a basic string may hold no raw newline or control character (a multi-line
+    description would make the saved preset.toml unreadable)."""
+    out = []
+    for ch in v:
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def resolve_preset_path(name_or_path: str) -> Path:
