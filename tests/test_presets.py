@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, dump_toml
 
 GOOD = dump_toml(tiny_preset_dict())
 INT_R = ["search.lora_r.type=int", "search.lora_r.low=2", "search.lora_r.high=16"]  # an int range to break
+CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
 
 # (what is wrong, preset text or a transform of GOOD, overrides, expected fragment of the one-line error)
 BAD_CASES = [
@@ -87,6 +89,60 @@ def test_bad_preset_gives_one_line_error_and_exit_2(tmp_path, capsys, what, text
     assert code == 2, err
     _assert_one_line_errors(err, expected.format(path=path))
     assert not (tmp_path / "run").exists()  # nothing written before validation passes
+
+
+# (what is wrong, the JSONL file, expected fragment; {data} is the file's path)
+BAD_DATA = [
+    ("chat: empty messages", '{"messages": []}\n', "{data}:1: 'messages' must be a non-empty list"),
+    ("chat: messages a string", '{"messages": "hi"}\n', "{data}:1: 'messages' must be a non-empty list"),
+    ("chat: message not an object", '{"messages": [1]}\n', "{data}:1: messages[0] must be an object"),
+    ("chat: no content", CHAT + '\n\n{"messages": [{"role": "user"}]}\n', "{data}:3: messages[0].content is missing"),
+    ("chat: role not a string", '{"messages": [{"role": 1, "content": "x"}]}\n',
+     "{data}:1: messages[0].role is not a string (int)"),
+    ("text: later row lacks text", '{"text": "a"}\n{"txt": "b"}\n', "{data}:2: missing key 'text' for format text"),
+    ("completion not a string", '{"prompt": "a", "completion": 5}\n', "{data}:1: 'completion' must be a string"),
+]
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize(("what", "jsonl", "expected"), BAD_DATA, ids=[c[0] for c in BAD_DATA])
+def test_malformed_data_rows_give_file_and_line(tmp_path, capsys, what, jsonl, expected, dry_run):
+    data = tmp_path / "data.jsonl"
+    data.write_text(jsonl)
+    code, _ = _run_cli(tmp_path, dump_toml(tiny_preset_dict(data={"train": "data.jsonl"})), [], dry_run)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    _assert_one_line_errors(err, expected.format(data=data))
+    assert not (tmp_path / "run").exists()
+
+
+# -- data rows -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("rows", "expected"), [
+    ([{"messages": []}], "x: record 1: 'messages' must be a non-empty list"),
+    ([{"messages": [{"role": "user", "content": "ok"}]}, {"messages": "hi"}],
+     "x: record 2: 'messages' must be a non-empty list"),
+    ([{"messages": [1]}], "x: record 1: messages[0] must be an object"),
+])
+def test_tokenize_rejects_malformed_chat_rows(rows, expected):
+    from tui_tuner.training.data import DataError, tokenize
+    from tui_tuner.training.model import load_tokenizer
+
+    with pytest.raises(DataError) as e:
+        tokenize(rows, "chat", load_tokenizer("builtin:tiny-llama"), 40, "x")
+    assert str(e.value).startswith(expected)
+
+
+def test_chat_template_failure_names_the_line(tmp_path):
+    from tui_tuner.training.data import DataError, detect_format, load_records, tokenize
+    from tui_tuner.training.model import load_tokenizer
+
+    tok = load_tokenizer("builtin:tiny-llama")
+    tok.chat_template = "{{ raise_exception('roles must alternate') }}"
+    path = tmp_path / "chat.jsonl"
+    path.write_text("\n" + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    rows = load_records(str(path))
+    with pytest.raises(DataError, match=rf"^{path}:2: chat template failed: roles must alternate$"):
+        tokenize(rows, detect_format(rows, "auto", str(path)), tok, 40, str(path))
 
 
 def test_all_errors_are_listed_at_once(tmp_path):

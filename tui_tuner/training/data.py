@@ -34,10 +34,18 @@ def progressions(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+class Records(list[dict[str, Any]]):
+    """A JSONL file's rows with the line each came from (blank lines are skipped), so errors can name it."""
+
+    def __init__(self, rows: list[dict[str, Any]], lines: list[int]):
+        super().__init__(rows)
+        self.lines = lines
+
+
 def load_records(path: str) -> list[dict[str, Any]]:
     if path == BUILTIN_DATA:
         return progressions(2000)
-    rows, problems = [], []
+    rows, lines, problems = [], [], []
     with Path(path).open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
@@ -51,18 +59,30 @@ def load_records(path: str) -> list[dict[str, Any]]:
                 problems.append(f"{path}:{i}: each line must be a JSON object")
                 continue
             rows.append(row)
+            lines.append(i)
+    _raise_problems(problems, path)
+    if not rows:
+        raise DataError(f"{path}: no records")
+    return Records(rows, lines)
+
+
+def _raise_problems(problems: list[str], path: str) -> None:
+    """At most 10 lines: a file that is wrong throughout should not flood the terminal."""
     if problems:
         more = f"\n{path}: ... and {len(problems) - 10} more bad lines" if len(problems) > 10 else ""
         raise DataError("\n".join(problems[:10]) + more)
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return rows
 
 
 def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str:
-    if declared != "auto":
-        return declared
-    keys = set(rows[0])
+    """The declared format, or the one the first row's keys say; every row is then checked against it, so a
+    malformed row is an error naming its line before any training starts (the dry run calls this too)."""
+    fmt = declared if declared != "auto" else _format_of(rows[0], source)
+    check_rows(rows, fmt, source)
+    return fmt
+
+
+def _format_of(row: dict[str, Any], source: str) -> str:
+    keys = set(row)
     if "messages" in keys:
         return "chat"
     if {"prompt", "completion"} <= keys:
@@ -74,15 +94,59 @@ def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str
     )
 
 
+def check_rows(rows: list[dict[str, Any]], fmt: str, source: str) -> None:
+    """Every record's shape for `fmt` (cheap: no tokenizer), all problems at once."""
+    problems = []
+    for i, row in enumerate(rows):
+        problem = row_problem(row, fmt)
+        if problem:
+            problems.append(f"{_where(rows, i, source)}: {problem}")
+    _raise_problems(problems, source)
+
+
+def row_problem(row: dict[str, Any], fmt: str) -> str | None:
+    """What is wrong with one record for `fmt`, or None."""
+    fields = {"text": ("text",), "prompt_completion": ("prompt", "completion")}.get(fmt)
+    if fields is not None:
+        for key in fields:
+            if key not in row:
+                return f"missing key '{key}' for format {fmt}"
+            if not isinstance(row[key], str):
+                return f"'{key}' must be a string (got {type(row[key]).__name__})"
+        return None
+    if "messages" not in row:
+        return "missing key 'messages' for format chat"
+    messages = row["messages"]
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty list of {\"role\", \"content\"} objects"
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict):
+            return f"messages[{j}] must be an object with 'role' and 'content' (got {type(m).__name__})"
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                what = "missing" if key not in m else f"not a string ({type(m[key]).__name__})"
+                return f"messages[{j}].{key} is {what}"
+    return None
+
+
+def _where(rows: list[dict[str, Any]], i: int, source: str) -> str:
+    """'file:line' for rows read by load_records, else the record's position."""
+    lines = rows.lines if isinstance(rows, Records) else None
+    return f"{source}:{lines[i]}" if lines else f"{source}: record {i + 1}"
+
+
 def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: int, source: str) -> list[Example]:
     """Token ids plus the prompt length; an EOS ends each example so the model learns to stop."""
+    # Rows from detect_format were checked already; this guards callers that pass rows straight in.
+    check_rows(rows, fmt, source)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
-    for i, row in enumerate(rows, 1):
+    for i, row in enumerate(rows):
         try:
             prompt, completion = _split(row, fmt, tokenizer)
-        except KeyError as e:
-            raise DataError(f"{source}: record {i}: missing key {e} for format {fmt}") from None
+        except Exception as e:  # the chat template's own checks (Jinja raises its TemplateError, roles order...)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{_where(rows, i, source)}: chat template failed: {first}") from None
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
         ids = (p_ids + c_ids)[:max_length]
@@ -99,7 +163,7 @@ def _split(row: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[str, str]:
     if fmt == "prompt_completion":
         return row["prompt"], row["completion"]
     messages = row["messages"]
-    if messages[-1].get("role") != "assistant":
+    if messages[-1]["role"] != "assistant":
         # No final answer to isolate: train on the whole rendered conversation.
         return "", tokenizer.apply_chat_template(messages, tokenize=False)
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
