@@ -11,6 +11,7 @@ from pathlib import Path
 from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,11 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except (PresetError, ValueError, FileNotFoundError) as e:
-        # Every user-facing error class (PresetError, SweepError, DataError, ModelError) is a ValueError.
-        for line in str(e).splitlines() or [type(e).__name__]:
+    except (ValueError, OSError) as e:
+        # Every user-facing error class (PresetError, SweepError, DataError, ModelError) is a ValueError; an
+        # OSError is a path the user gave that cannot be used (run dir not writable, --out is a file...).
+        for line in _error_lines(e):
             print(f"tui-tuner: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the sweep started (loading a model, tokenising): nothing to stop yet
+        print("tui-tuner: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error_lines(e: BaseException) -> list[str]:
+    if isinstance(e, OSError) and e.filename is not None:
+        # str(OSError) reads "[Errno 13] Permission denied: 'runs/x'"; name the path first, as the rest do.
+        paths = f"{e.filename} -> {e.filename2}" if e.filename2 is not None else f"{e.filename}"
+        return [f"{paths}: {e.strerror or type(e).__name__}"]
+    return str(e).splitlines() or [type(e).__name__]
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
-from typing import TextIO
+from typing import NoReturn, TextIO
 
+from tui_tuner.cli import EXIT_INTERRUPTED
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.snapshot import SweepSnapshot
 from tui_tuner.engine.sweep import Sweep
@@ -15,7 +17,10 @@ from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
 QUIET_EVENTS = {"checkpoint"}
 
 
-def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdout) -> int:
+def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None) -> int:
+    # Looked up per call, not bound as the default at import: sys.stdout may since have been replaced (and the
+    # old one closed), as pytest's capture does between tests.
+    out = out or sys.stdout
     lock = threading.Lock()
     replayed = 0  # events up to this seq were printed from the log: the sweep emitted them before we listened
 
@@ -35,20 +40,33 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO = sys.stdou
             show(ev)
             replayed = ev.seq
     try:
-        while not sweep.wait(table_every):
-            table = progress_table(sweep.snapshot())  # not under `lock`: listeners take it on engine threads
-            with lock, contextlib.suppress(BrokenPipeError):
-                print(table, file=out, flush=True)
-    except KeyboardInterrupt:
-        print("stopping: running trials checkpoint and end at their next step (Ctrl-C again to force)",
-              file=out, flush=True)
-    finally:
-        sweep.stop()
-        unsubscribe()
-    with contextlib.suppress(BrokenPipeError):
-        print(progress_table(sweep.snapshot()), file=out)
-        print(summary(sweep), file=out, flush=True)
+        try:
+            while not sweep.wait(table_every):
+                table = progress_table(sweep.snapshot())  # not under `lock`: listeners take it on engine threads
+                with lock, contextlib.suppress(BrokenPipeError):
+                    print(table, file=out, flush=True)
+        except KeyboardInterrupt:
+            print("stopping: running trials checkpoint and end at their next step (Ctrl-C again to force)",
+                  file=out, flush=True)
+        finally:
+            sweep.stop()
+            unsubscribe()
+        with contextlib.suppress(BrokenPipeError):
+            print(progress_table(sweep.snapshot()), file=out)
+            print(summary(sweep), file=out, flush=True)
+    except KeyboardInterrupt:  # the second Ctrl-C, while the first one's graceful stop is under way
+        force_exit(sweep)
     return 0
+
+
+def force_exit(sweep: Sweep) -> NoReturn:
+    """Leave now. os._exit, not sys.exit: a normal exit would run the atexit stop() and wait for the trials
+    again, and torch threads still running at interpreter teardown abort the process with a C++ message.
+    Everything written so far is flushed; `resume` re-runs what was cut off from its last checkpoint."""
+    with contextlib.suppress(Exception):
+        print(f"tui-tuner: forced exit; continue with `tui-tuner resume {sweep.run_dir}`", file=sys.stderr,
+              flush=True)
+    os._exit(EXIT_INTERRUPTED)
 
 
 def progress_table(snap: SweepSnapshot) -> str:

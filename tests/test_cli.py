@@ -1,0 +1,87 @@
+"""CLI edges: OS errors as one line, a forced second Ctrl-C."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import tiny_preset_dict
+from tui_tuner.cli import main
+from tui_tuner.preset import dump_toml
+
+
+def _one_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tui-tuner: error: "), err
+    assert all(f in lines[0] for f in fragments), err
+    assert "Traceback" not in err
+
+
+# -- OS errors -------------------------------------------------------------------------------------------------
+def test_run_dir_that_cannot_be_created_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict()))
+    assert main(["run", str(preset), "--headless", "--run-dir", str(blocker / "run")]) == 2
+    _one_line(capsys.readouterr().err, str(blocker / "run"))
+
+
+def test_permission_error_on_the_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    # Tests may run as root, where chmod does not deny anything: make the run dir's mkdir fail as it would.
+    run_dir = tmp_path / "run"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self == run_dir:
+            raise PermissionError(13, "Permission denied", str(self))
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict()))
+    assert main(["run", str(preset), "--headless", "--run-dir", str(run_dir)]) == 2
+    _one_line(capsys.readouterr().err, f"{run_dir}: Permission denied")
+
+
+def test_export_out_pointing_at_a_file_is_one_line(tmp_path, capsys):
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict()))
+    run_dir = tmp_path / "run"
+    # A real run dir with no trial: the study timeout is over before one could start.
+    assert main(["run", str(preset), "--headless", "--run-dir", str(run_dir), "--set", "study.timeout=1e-9"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "out.csv"
+    out.write_text("")
+    assert main(["export", str(run_dir), "--out", str(out)]) == 2
+    _one_line(capsys.readouterr().err, f"{out}: File exists")
+
+
+# -- Ctrl-C ----------------------------------------------------------------------------------------------------
+SECOND_CTRL_C = textwrap.dedent("""
+    import os, signal, sys, time
+    from pathlib import Path
+    from tui_tuner.headless import run_headless
+
+    class SlowStop:
+        # Ctrl-C while waiting, and again during the graceful stop that the first one began.
+        run_dir = Path("runs/x")
+        def subscribe(self, fn): return lambda: None
+        def events_since(self, seq): return []
+        def wait(self, timeout=None):
+            os.kill(os.getpid(), signal.SIGINT); time.sleep(30)
+        def stop(self, timeout=None):
+            os.kill(os.getpid(), signal.SIGINT); time.sleep(30)
+
+    run_headless(SlowStop())
+    print("not reached")
+""")
+
+
+def test_second_ctrl_c_exits_at_once_with_one_line():
+    r = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 130, r.stderr
+    assert "stopping: running trials checkpoint" in r.stdout and "not reached" not in r.stdout
+    assert r.stderr.strip() == "tui-tuner: forced exit; continue with `tui-tuner resume runs/x`", r.stderr
