@@ -1,13 +1,17 @@
-"""CLI edges: OS errors as one line, a forced second Ctrl-C."""
+"""CLI edges: OS errors as one line, a forced second Ctrl-C, export's real last step."""
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from tests.conftest import tiny_preset_dict
+import optuna
+
+from tests.conftest import tiny_preset_dict, wait_for
 from tui_tuner.cli import main
 from tui_tuner.preset import dump_toml
 
@@ -85,3 +89,40 @@ def test_second_ctrl_c_exits_at_once_with_one_line():
     assert r.returncode == 130, r.stderr
     assert "stopping: running trials checkpoint" in r.stdout and "not reached" not in r.stdout
     assert r.stderr.strip() == "tui-tuner: forced exit; continue with `tui-tuner resume runs/x`", r.stderr
+
+
+# -- export ----------------------------------------------------------------------------------------------------
+def test_export_steps_is_the_last_step_run_not_the_last_eval(make_sweep, tmp_path):
+    from tui_tuner.export import export_run
+
+    sweep = make_sweep(params={"max_steps": 2000, "eval_interval": 10}, study={"n_trials": 1, "concurrency": 1})
+    sweep.start()
+    wait_for(lambda: any(t.number == 0 and t.step >= 12 for t in sweep.trials()), what="trial 0 past its first eval")
+    while True:  # paused between evals, so the last eval step and the last step differ
+        sweep.pause(0)
+        wait_for(lambda: sweep.trial(0).state == "paused", what="pause")
+        step = sweep.trial(0).step
+        if step % 10:
+            break
+        sweep.resume(0)
+        wait_for(lambda s=step: sweep.trial(0).step > s, what="a step")
+    sweep.kill(0)
+    assert sweep.wait(120)
+    sweep.stop()
+    export_run(tmp_path / "run")
+    (row,) = csv.DictReader((tmp_path / "run" / "trials.csv").open())
+    trial = optuna.load_study(study_name="test", storage=sweep.study._storage).trials[0]
+    assert row["state"] == "PRUNED" and trial.user_attrs["stopped_at_step"] == step
+    assert int(row["steps"]) == step != max(trial.intermediate_values)
+
+
+def test_export_last_step_without_metrics_uses_the_engine_attrs(tmp_path):
+    from tui_tuner.export import last_step
+
+    t = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={10: 1.0},
+                                  user_attrs={"pruned_at_step": 17})
+    assert last_step(t, tmp_path / "no-such-trial") == 17
+    # After a crash the trial re-ran steps 11.. from its checkpoint: the newest line wins, not the largest step.
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                                                    for s in [*range(1, 21), *range(11, 16)]))
+    assert last_step(t, tmp_path) == 15

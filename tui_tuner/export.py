@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 
+from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.study import make_storage
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint import list_checkpoints
@@ -18,9 +19,10 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
 
     if not (run_dir / SWEEP_FILE).is_file():
         raise SweepError(f"{run_dir}: not a tui-tuner run directory (no {SWEEP_FILE})")
+    # Export needs the params and the study, not the data: a run whose data has moved still exports.
+    preset = Preset.load(run_dir / "preset.toml", check_paths=False)
     out = out or run_dir
     out.mkdir(parents=True, exist_ok=True)
-    preset = Preset.load(run_dir / "preset.toml")
     storage_url = json.loads((run_dir / SWEEP_FILE).read_text()).get("storage")
     study = optuna.load_study(study_name=preset.study_name, storage=make_storage(run_dir, storage_url))
     trials = study.get_trials(deepcopy=False)
@@ -32,7 +34,7 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
             iv = t.intermediate_values
             w.writerow([t.number, t.state.name, *(t.params.get(n, "") for n in names),
                         "" if t.value is None else t.value, min(iv.values()) if iv else "",
-                        max(iv) if iv else "", t.user_attrs.get("parent_trial", ""),
+                        last_step(t, run_dir / "trials" / str(t.number)), t.user_attrs.get("parent_trial", ""),
                         t.user_attrs.get("stopped_by_user", "")])
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
@@ -45,6 +47,23 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
     return (f"wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
             f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")
+
+
+# Where the engine's user attrs say a trial ended (killed, pruned, failed, interrupted by a stop).
+_END_ATTRS = ("stopped_at_step", "pruned_at_step", "failed_at_step", "interrupted_at_step")
+
+
+def last_step(t: optuna.trial.FrozenTrial, trial_dir: Path) -> int | str:
+    """The last step the trial ran. Its metrics.jsonl is the record (append-only: after a crash the trial re-runs
+    steps from its checkpoint, so the last line is the newest, not the largest step); the attrs and the last
+    eval step stand in when that file is gone. Not the last eval step alone: a trial killed or pruned between
+    evals ran further."""
+    rows = read_jsonl(trial_dir / "metrics.jsonl")
+    if rows and "step" in rows[-1]:
+        return int(rows[-1]["step"])
+    known = [int(t.user_attrs[k]) for k in _END_ATTRS if isinstance(t.user_attrs.get(k), int)]
+    known += list(t.intermediate_values)
+    return max(known) if known else ""
 
 
 def t_overrides(t: optuna.trial.FrozenTrial) -> dict:
