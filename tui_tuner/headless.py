@@ -56,6 +56,9 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
             print(summary(sweep), file=out, flush=True)
     except KeyboardInterrupt:  # the second Ctrl-C, while the first one's graceful stop is under way
         force_exit(sweep)
+    if sweep.halted:  # the sampler broke: the budget was not spent, and scripts must see it
+        print(f"tui-tuner: error: sweep halted: {sweep.halted}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
