@@ -61,13 +61,13 @@ def test_a_sampler_that_fails_halts_the_sweep_without_leaving_a_trial_running(ma
     from tui_tuner.ui.status_line import status_text
 
     assert "HALTED" in status_text(sweep.snapshot()).plain  # the app's header says so, not "finished"
+    with pytest.raises(SweepError, match="cannot start trials"):
+        sweep.enqueue({"learning_rate": 1e-3})
     import io
 
     from tui_tuner.headless import run_headless
 
-    assert run_headless(sweep, out=io.StringIO()) == 1  # and headless exits non-zero
-    with pytest.raises(SweepError, match="cannot start trials"):
-        sweep.enqueue({"learning_rate": 1e-3})
+    assert run_headless(sweep, out=io.StringIO()) == 1  # and headless exits non-zero (it stops the sweep)
 
 
 def test_checkpoint_errors_of_any_type_keep_the_trial_and_the_previous_checkpoint(make_sweep, monkeypatch):
