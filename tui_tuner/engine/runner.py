@@ -181,11 +181,12 @@ class TrialRunner:
                 if not ft.done:
                     self._maybe_prune()
             periodic = bool(ck_every) and m.step % ck_every == 0
-            new_best = eval_loss is not None and (best_before is None or eval_loss < best_before)
+            new_best = (p.checkpoints.keep_best and eval_loss is not None
+                        and (best_before is None or eval_loss < best_before))
             if (periodic or new_best) and not ft.done:  # the final step is saved below in any case
-                self._checkpoint(eval_loss)
+                self._checkpoint(eval_loss, "periodic" if periodic else "best")
             self._bump()
-        self._checkpoint(run.last.get("eval_loss"))
+        self._checkpoint(run.last.get("eval_loss"), "final")
         if not math.isfinite(run.last.get("eval_loss", math.nan)):
             raise Diverged(f"final eval loss is {run.last.get('eval_loss')} at step {run.step}")
         self._tell(TrialState.COMPLETE, run.last["eval_loss"])
@@ -219,12 +220,12 @@ class TrialRunner:
         if prune:
             raise optuna.TrialPruned(f"pruned at step {run.step} by {self.sweep.preset.study.pruner}")
 
-    def _checkpoint(self, eval_loss: float | None) -> ckpt.CheckpointInfo | None:
+    def _checkpoint(self, eval_loss: float | None, kind: ckpt.CheckpointKind) -> ckpt.CheckpointInfo | None:
         """Save; on a disk or permission error keep the previous good checkpoint and log it loudly."""
         run, conf = self.run, self.sweep.preset.checkpoints
         assert run.ft is not None
         try:
-            info = ckpt.save(run.ft, run.trial_dir, eval_loss)
+            info = ckpt.save(run.ft, run.trial_dir, eval_loss, kind)
             ckpt.prune_checkpoints(run.trial_dir, conf.keep, conf.keep_best)
         except Exception as e:  # torch.save and safetensors raise RuntimeError-like errors on a full disk, too
             self.events.emit("checkpoint_failed", run.number, f"trial {run.number}: checkpoint at step "
@@ -238,7 +239,7 @@ class TrialRunner:
 
     def checkpoint_now(self) -> ckpt.CheckpointInfo:
         """Runs on the trial thread (via TrialControl.submit)."""
-        info = self._checkpoint(self.run.last.get("eval_loss") if self._evaluated_at_step() else None)
+        info = self._checkpoint(self.run.last.get("eval_loss") if self._evaluated_at_step() else None, "now")
         if info is None:
             raise OSError(f"trial {self.run.number}: checkpoint failed (see events.jsonl)")
         return info
@@ -289,7 +290,7 @@ class TrialRunner:
         """The sweep is stopping: keep a checkpoint so the trial can be forked or extended later."""
         run = self.run
         if run.ft is not None and run.step > run.start_step:
-            self._checkpoint(run.last.get("eval_loss"))
+            self._checkpoint(run.last.get("eval_loss"), "stop")
         # Stopped before its first new step (model still building), or the save failed: the newest checkpoint
         # in its dir (a fork's starting point, a resumed trial's last one) is where it continues from.
         saved = ckpt.list_checkpoints(run.trial_dir)
@@ -311,8 +312,7 @@ class TrialRunner:
         else:
             msg = _one_line(e)
         run.error = msg
-        run.trial_dir.mkdir(parents=True, exist_ok=True)
-        (run.trial_dir / "error.log").write_text(traceback.format_exc())
+        self._write_error_log()
         self._set_attrs(error=msg, failed_at_step=run.step)
         self._tell(TrialState.FAIL)
         if run.ft is not None:
@@ -322,17 +322,24 @@ class TrialRunner:
         if oom and micro and micro > 1 and self.sweep.preset.study.retry_oom:
             self._retry_smaller(micro)
 
+    def _write_error_log(self, append: bool = False) -> None:
+        """The traceback being handled, in trials/<n>/error.log."""
+        self.run.trial_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run.trial_dir / "error.log", "a" if append else "w") as f:
+            f.write(traceback.format_exc())
+
     def _last_resort(self, e: BaseException) -> None:
         """Ending the trial the normal way failed: record FAIL with whatever still works, never raise."""
         run, msg = self.run, f"could not end the trial cleanly: {_one_line(e)}"
-        log.exception("trial %s: %s", run.number, msg)
         run.error = run.error or msg
-        for act in (lambda: self._set_attrs(error=run.error), lambda: self._tell(TrialState.FAIL),
+        # The traceback goes to its error.log (not stderr: under the app it would land on the screen).
+        for act in (lambda: self._write_error_log(append=True), lambda: self._set_attrs(error=run.error),
+                    lambda: self._tell(TrialState.FAIL),
                     lambda: self._end("fail", f"trial {run.number} failed: {msg}", kind="failed")):
             try:
                 act()
-            except Exception:
-                log.exception("trial %s: last-resort step failed", run.number)
+            except Exception as again:
+                log.warning("trial %s: %s; then: %s", run.number, msg, _one_line(again))
         run.state = "fail"
         run.finished_at = run.finished_at or time.time()
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -25,19 +25,26 @@ STATE_FILE = "trainer_state.pt"
 INFO_FILE = "checkpoint.json"
 
 
+# What wrote a checkpoint. "best" ones (an eval beat the trial's best between periodic checkpoints) are kept
+# only while they are the best, so they never push periodic fork points out of the last-`keep` window.
+CheckpointKind = Literal["periodic", "best", "final", "stop", "now"]
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     step: int
     path: Path
     eval_loss: float | None
     time: float
+    kind: CheckpointKind = "periodic"
 
 
 def checkpoint_dir(trial_dir: Path, step: int) -> Path:
     return trial_dir / "checkpoints" / f"step-{step}"
 
 
-def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> CheckpointInfo:
+def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
+         kind: CheckpointKind = "periodic") -> CheckpointInfo:
     """Write to a temp dir and rename into place: a crash leaves a stray temp dir, never a half checkpoint."""
     final = checkpoint_dir(trial_dir, ft.step_count)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +67,8 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> Check
             },
         }
         torch.save(state, tmp / STATE_FILE)
-        info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method}
+        info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method,
+                "kind": kind}
         (tmp / INFO_FILE).write_text(json.dumps(info))
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. on demand after a periodic one)
@@ -73,7 +81,7 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None) -> Check
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return CheckpointInfo(ft.step_count, final, eval_loss, info["time"])
+    return CheckpointInfo(ft.step_count, final, eval_loss, info["time"], kind)
 
 
 @contextlib.contextmanager
@@ -143,14 +151,16 @@ def list_checkpoints(trial_dir: Path) -> list[CheckpointInfo]:
             info_file = d / INFO_FILE
             if d.name.startswith("step-") and not d.name.endswith(".old") and info_file.is_file():
                 info = json.loads(info_file.read_text())
-                out.append(CheckpointInfo(info["step"], d, info.get("eval_loss"), info["time"]))
+                out.append(CheckpointInfo(info["step"], d, info.get("eval_loss"), info["time"],
+                                          info.get("kind", "periodic")))
     return sorted(out, key=lambda c: c.step)
 
 
 def prune_checkpoints(trial_dir: Path, keep: int, keep_best: bool) -> None:
-    """Keep the last `keep` checkpoints and, optionally, the one with the best eval loss."""
+    """Keep the last `keep` checkpoints (not counting those written only for a new best eval) and, optionally,
+    the one with the best eval loss."""
     ckpts = list_checkpoints(trial_dir)
-    keep_set = {c.step for c in ckpts[-keep:]}
+    keep_set = {c.step for c in [c for c in ckpts if c.kind != "best"][-keep:]}
     scored = [c for c in ckpts if c.eval_loss is not None]
     if keep_best and scored:
         keep_set.add(min(scored, key=lambda c: c.eval_loss).step)
