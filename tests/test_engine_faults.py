@@ -39,23 +39,31 @@ def test_every_sampler_proposes_past_its_random_startup(sampler):
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 14
 
 
-class _BrokenAfterFirst(optuna.samplers.RandomSampler):
-    """A sampler whose ask fails from the second trial on (as GP's did without scipy)."""
+class _BrokenOnSecondAsk(optuna.samplers.RandomSampler):
+    """A sampler whose ask fails from its second trial on, after Optuna has created the trial (as GP's did in
+    its first model-based proposal without scipy)."""
 
-    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
-        if trial.number >= 1:
+    asks = 0
+
+    def before_trial(self, study, trial):  # type: ignore[no-untyped-def]
+        self.asks += 1
+        if self.asks >= 2:
             raise ModuleNotFoundError("No module named 'scipy'")
-        return super().infer_relative_search_space(study, trial)
+        super().before_trial(study, trial)
 
 
-def test_a_sampler_that_fails_halts_the_sweep_without_leaving_a_trial_running(make_sweep, monkeypatch):
-    monkeypatch.setattr("tui_tuner.engine.sweep.make_sampler", lambda *a, **k: _BrokenAfterFirst(seed=0))
+def test_a_sampler_that_fails_halts_the_sweep_and_fails_only_the_trial_it_was_creating(make_sweep, monkeypatch):
+    monkeypatch.setattr("tui_tuner.engine.sweep.make_sampler", lambda *a, **k: _BrokenOnSecondAsk(seed=0))
     sweep = make_sweep(params={"max_steps": 10}, study={"n_trials": 4, "concurrency": 1}).start()
+    # Another process on the same storage has a trial RUNNING: the halt must not touch it.
+    foreign = optuna.load_study(study_name=sweep.preset.study_name, storage=sweep.study._storage).ask()
     assert sweep.wait(120), "a broken sampler must not hang wait()"
     assert sweep.halted == "ModuleNotFoundError: No module named 'scipy'"
-    states = [t.state for t in _trials(sweep)]
-    assert states == [TrialState.COMPLETE, TrialState.FAIL]
-    assert "scipy" in _trials(sweep)[1].user_attrs["error"]
+    by_number = {t.number: t for t in _trials(sweep)}
+    ours = sorted(set(by_number) - {foreign.number})
+    assert [by_number[n].state for n in ours] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert "scipy" in by_number[ours[1]].user_attrs["error"]
+    assert by_number[foreign.number].state == TrialState.RUNNING
     assert any(e.kind == "sweep_halted" for e in sweep.events_since(0))
     assert sweep.snapshot().halted == sweep.halted
     from tui_tuner.ui.status_line import status_text
@@ -73,10 +81,10 @@ def test_a_sampler_that_fails_halts_the_sweep_without_leaving_a_trial_running(ma
 def test_checkpoint_errors_of_any_type_keep_the_trial_and_the_previous_checkpoint(make_sweep, monkeypatch):
     real_save = ckpt.save
 
-    def save_fails_after_step_10(ft, trial_dir, eval_loss):  # type: ignore[no-untyped-def]
+    def save_fails_after_step_10(ft, trial_dir, eval_loss, kind):  # type: ignore[no-untyped-def]
         if ft.step_count > 10:  # what torch.save raises on a full disk: not an OSError
             raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
-        return real_save(ft, trial_dir, eval_loss)
+        return real_save(ft, trial_dir, eval_loss, kind)
 
     monkeypatch.setattr(ckpt, "save", save_fails_after_step_10)
     sweep = make_sweep(params={"max_steps": 30}, study={"n_trials": 1, "concurrency": 1}).start()
@@ -100,6 +108,7 @@ def test_a_trial_whose_stop_handler_breaks_is_still_told_and_not_left_running(ma
     t = _trials(sweep)[0]
     assert t.state == TrialState.FAIL and "No space left on device" in t.user_attrs["error"]
     assert sweep.trial(0).state == "fail"
+    assert "OSError: [Errno 28]" in (sweep.run_dir / "trials" / "0" / "error.log").read_text()
 
 
 def test_a_nan_eval_fails_the_trial_and_never_becomes_the_best(make_sweep, monkeypatch):
@@ -112,13 +121,18 @@ def test_a_nan_eval_fails_the_trial_and_never_becomes_the_best(make_sweep, monke
     assert sweep.snapshot().best_trial is None
 
 
-def test_an_improving_eval_is_checkpointed_even_between_periodic_checkpoints(make_sweep):
-    sweep = make_sweep(params={"max_steps": 30, "eval_interval": 10}, checkpoints={"interval": 25, "keep": 10},
+def test_an_improving_eval_is_checkpointed_and_kept_only_while_it_is_the_best(make_sweep, monkeypatch):
+    evals = iter([5.0, 6.0, 4.0, 4.5])  # steps 10, 20, 30, 40: new best at 10 and 30 only
+    monkeypatch.setattr(FineTune, "evaluate", lambda self: next(evals))
+    sweep = make_sweep(params={"max_steps": 40, "eval_interval": 10}, checkpoints={"interval": 25, "keep": 2},
                        study={"n_trials": 1, "concurrency": 1}).start()
     assert sweep.wait(120)
-    saved = {c.step: c.eval_loss for c in ckpt.list_checkpoints(sweep.run_dir / "trials" / "0")}
-    assert 10 in saved and 25 in saved and 30 in saved  # step 10: the first eval is always a new best
-    assert saved[10] == pytest.approx(min(v for s, v in saved.items() if s <= 10 and v is not None))
+    saved = {c.step: (c.kind, c.eval_loss) for c in ckpt.list_checkpoints(sweep.run_dir / "trials" / "0")}
+    # 10 was written as the best, then replaced by 30; 20 never improved; the periodic 25 and the final 40 are
+    # the last `keep` = 2, which "best" checkpoints do not crowd out.
+    assert saved == {25: ("periodic", None), 30: ("best", 4.0), 40: ("final", 4.5)}
+    written = [e.data["step"] for e in sweep.events_since(0) if e.kind == "checkpoint"]
+    assert written == [10, 25, 30, 40]
 
 
 def test_a_live_run_dir_cannot_be_driven_by_a_second_sweep(make_sweep):
@@ -127,9 +141,14 @@ def test_a_live_run_dir_cannot_be_driven_by_a_second_sweep(make_sweep):
         Sweep.resume(sweep.run_dir).start()
     assert sweep.trials()[0].state in ("running", "paused")  # the second one touched nothing
     sweep.stop()
+    broken = Sweep.resume(sweep.run_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(optuna, "create_study", lambda **kw: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        with pytest.raises(OSError):
+            broken.start()  # fails after taking the lock: must give it back
     again = Sweep.resume(sweep.run_dir)
     try:
-        again.start()  # the lock went with the stop
+        again.start()  # the lock went with the stop, and with the failed start
     finally:
         again.stop()
 
@@ -137,6 +156,9 @@ def test_a_live_run_dir_cannot_be_driven_by_a_second_sweep(make_sweep):
 def test_with_paused_frees_slot_a_resume_waits_for_a_free_slot(make_sweep):
     sweep = make_sweep(params=LONG, study={"n_trials": 2, "concurrency": 1, "paused_frees_slot": True}).start()
     wait_for(lambda: sweep.trials() and sweep.trial(0).step >= 2, what="trial 0 stepping")
+    sweep.pause(0)
+    sweep.resume(0)  # changed its mind before the trial got to pause: nothing to queue
+    assert not any(e.kind == "resume_queued" for e in sweep.events_since(0))
     sweep.pause(0)
     wait_for(lambda: len(sweep.trials()) == 2 and sweep.trial(1).state == "running", what="trial 1 takes the slot")
     sweep.resume(0)
@@ -171,6 +193,8 @@ def test_snapshots_carry_the_optuna_user_attrs(make_sweep):
     sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials() and sweep.trial(0).step >= 2, what="trial 0 stepping")
     assert sweep.trial(0).user_attrs["origin"] == "sampler"
+    queued = sweep.enqueue({"learning_rate": 1e-3})
+    assert sweep.trial(queued).state == "waiting" and sweep.trial(queued).user_attrs["origin"] == "enqueue"
     sweep.kill(0)
     wait_for(lambda: sweep.trial(0).state == "pruned", what="kill")
     attrs = sweep.trial(0).user_attrs

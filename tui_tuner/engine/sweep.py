@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -32,6 +33,8 @@ from tui_tuner.training.finetune import DataBundle, prepare_data, total_steps
 from tui_tuner.training.schedules import planned_lrs
 
 SWEEP_FILE = "sweep.json"
+
+log = logging.getLogger(__name__)
 
 
 class SweepError(ValueError):
@@ -71,6 +74,7 @@ class Sweep:
         self._halted: str | None = None  # why no more trials can start (the sampler broke); running ones go on
         self._resume_pending: list[int] = []  # resumes waiting for a slot (paused_frees_slot)
         self._lock: RunDirLock | None = None
+        self._asking: tuple[int, int] | None = None  # (number, trial id) of the trial an ask is creating
         self._done = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._started_at = 0.0
@@ -100,6 +104,20 @@ class Sweep:
         storage = self._url_storage()  # a bad --storage fails here, before anything is written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock = RunDirLock.acquire(self.run_dir)  # two processes must never drive one run
+        # From here on trial threads may run (a resume launches them in _reload): stop them before the
+        # interpreter exits (a torch thread alive at exit aborts the process), and on a failed start.
+        atexit.register(self.stop)
+        try:
+            self._open_study(storage)
+        except BaseException:
+            self.stop()
+            raise
+        self._scheduler = threading.Thread(target=self._schedule_loop, name="tui-tuner-scheduler", daemon=True)
+        self._scheduler.start()
+        return self
+
+    def _open_study(self, storage: optuna.storages.BaseStorage | None) -> None:
+        p = self.preset
         (self.run_dir / "trials").mkdir(exist_ok=True)
         if not self._resuming:
             (self.run_dir / "preset.toml").write_text(p.to_toml())
@@ -108,19 +126,16 @@ class Sweep:
         self._max_steps_hint = total_steps(p.params, len(self.data.train))
         self.study = optuna.create_study(
             study_name=p.study_name, storage=storage or make_storage(self.run_dir, None),
-            sampler=make_sampler(p), pruner=make_pruner(p, self._max_steps_hint),
+            sampler=self._track_asks(make_sampler(p)), pruner=make_pruner(p, self._max_steps_hint),
             direction="minimize", load_if_exists=True,
         )
         self._started_at = time.time()
         if self._resuming:
-            self.study.sampler = make_sampler(p, seed_offset=len(self.study.get_trials(deepcopy=False)))
+            offset = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = self._track_asks(make_sampler(p, seed_offset=offset))
             self._reload()
         self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
                          resumed=self._resuming)
-        self._scheduler = threading.Thread(target=self._schedule_loop, name="tui-tuner-scheduler", daemon=True)
-        self._scheduler.start()
-        atexit.register(self.stop)
-        return self
 
     def _url_storage(self) -> optuna.storages.BaseStorage | None:
         if not self.storage_url:
@@ -155,7 +170,9 @@ class Sweep:
         if not already and hasattr(self, "events"):
             self.events.emit("sweep_stopped", None, "sweep stopped")
             self.events.close()
-        if self._lock is not None:
+        # A thread that outlived `timeout` may still write to the run dir: keep the lock (the process's exit
+        # drops it) so no other process resumes the run under it.
+        if self._lock is not None and not any(r.thread.is_alive() for r in runs):  # type: ignore[union-attr]
             self._lock.release()
         self._done.set()
 
@@ -185,7 +202,8 @@ class Sweep:
         is taken, it resumes as soon as one frees, before any new trial starts."""
         run = self._active(n)
         with self._cond:
-            wait = (self.preset.study.paused_frees_slot and run.control.paused
+            # Paused for real (not just asked to): a pause its thread has not reached yet still holds the slot.
+            wait = (self.preset.study.paused_frees_slot and run.control.paused and run.state == "paused"
                     and self._occupied() >= self._concurrency)
             if not wait:
                 run.control.resume()
@@ -403,19 +421,19 @@ class Sweep:
         """Keeps up to `concurrency` trials running. Idle (done) once the budget is spent and nothing runs, but
         it stays up until stop(): a fork or enqueue after that starts again."""
         while True:
-            with self._cond:
-                action = self._next_action()
-            # Outside _cond: listeners (headless printing, the UI) and a sampler's ask (GP: seconds) must never
-            # hold up the UI's reads, nor take locks in the opposite order.
-            if action == "stop":
-                return
-            if action == "finished":
-                why = f"halted: {self._halted}" if self._halted else "budget spent"
-                self.events.emit("sweep_finished", None, f"sweep finished: {why}")
-                continue
             try:
+                with self._cond:
+                    action = self._next_action()
+                # Outside _cond: listeners (headless printing, the UI) and a sampler's ask (GP: seconds) must
+                # never hold up the UI's reads, nor take locks in the opposite order.
+                if action == "stop":
+                    return
+                if action == "finished":
+                    why = f"halted: {self._halted}" if self._halted else "budget spent"
+                    self.events.emit("sweep_finished", None, f"sweep finished: {why}")
+                    continue
                 self._start_next()
-            except Exception as e:  # the sampler or the storage broke: stop starting trials, never die silently
+            except Exception as e:  # the sampler or the storage broke: start no more trials; never die silently
                 self._halt(e)
 
     def _next_action(self) -> str:
@@ -443,6 +461,7 @@ class Sweep:
         with self.study_lock:
             if self._stopping:  # stop() came after the scheduler decided: do not take a trial it would strand
                 return
+            self._asking = None  # set by the sampler's before_trial hook (_track_asks) once the trial exists
             trial = self.study.ask()
             attrs = trial.user_attrs
             origin = attrs.get("origin")
@@ -479,20 +498,43 @@ class Sweep:
         with self._cond:
             self._queue.pop(trial.number, None)
             self._launch(run)
+        self._asking = None
+
+    def _track_asks(self, sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+        """Record which trial an ask created (Optuna calls before_trial as soon as it exists), so a failing ask
+        fails exactly that trial: with a shared --storage, other RUNNING trials may be another process's."""
+        real = sampler.before_trial
+
+        def before_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            self._asking = (trial.number, trial._trial_id)
+            real(study, trial)
+
+        sampler.before_trial = before_trial  # type: ignore[method-assign]
+        return sampler
 
     def _halt(self, e: Exception) -> None:
-        """Starting a trial failed outside any trial (e.g. the sampler's ask): fail the trial it had created, if
-        any, and start no more; running trials finish."""
+        """Starting a trial failed outside any trial (e.g. the sampler): fail the trial the ask had created, if
+        any, and start no more; running trials finish. Must not raise: the scheduler thread calls it."""
         msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
-        with self.study_lock, self._cond:
+        with self._cond:
             self._halted = msg
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if t.number not in self._runs:  # asked, but the ask itself raised: nobody holds it
-                    # The storage, not optuna.Trial: building a Trial would run the failing sampler again.
-                    self.study._storage.set_trial_user_attr(t._trial_id, "error", msg)
-                    self.study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             self._cond.notify_all()
-        self.events.emit("sweep_halted", None, f"sweep cannot start more trials: {msg}", error=msg)
+        asked, self._asking = self._asking, None
+        if asked is not None and asked[0] not in self._runs:
+            number, trial_id = asked
+            try:
+                with self.study_lock:
+                    # The storage, not optuna.Trial: building a Trial would run the failing sampler again.
+                    self.study._storage.set_trial_user_attr(trial_id, "error", msg)
+                    self.study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            except Exception:  # the storage itself is broken: the halt below still has to happen
+                log.warning("could not mark trial %s failed after: %s", number, msg)
+            with self._cond:
+                self._queue.pop(number, None)
+        try:
+            self.events.emit("sweep_halted", None, f"sweep cannot start more trials: {msg}", error=msg)
+        except Exception:
+            log.warning("sweep halted: %s", msg)
 
     def _launch(self, run: TrialRun) -> None:
         runner = TrialRunner(self, run)
@@ -598,7 +640,8 @@ def _waiting_snapshot(t: optuna.trial.FrozenTrial) -> TrialSnapshot:
     a = t.user_attrs
     return TrialSnapshot(number=t.number, state="waiting", step=0, total_steps=None,
                          params=dict(t.system_attrs.get("fixed_params", {})), overrides=dict(a.get("overrides", {})),
-                         parent=a.get("parent_trial"), fork_step=a.get("fork_step"), origin=a.get("origin", "sampler"))
+                         parent=a.get("parent_trial"), fork_step=a.get("fork_step"), origin=a.get("origin", "sampler"),
+                         user_attrs=dict(a))
 
 
 def _load_history(run: TrialRun, trial_dir: Path, until: int | None, runs: dict[int, TrialRun]) -> None:
