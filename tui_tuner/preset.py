@@ -199,18 +199,23 @@ class Preset(_Strict):
         except ValidationError as e:
             raise PresetError("\n".join(_format_errors(e, source, overrides or []))) from None
         if check_paths:
-            preset.check_paths(source)
+            preset.check_paths(source, {o.partition("=")[0].strip() for o in overrides or []})
         return preset
 
-    def check_paths(self, source: str) -> None:
-        """Missing local model dirs or data files are errors now, not an hour into the sweep."""
+    def check_paths(self, source: str, set_keys: set[str] | frozenset[str] = frozenset()) -> None:
+        """Missing local model dirs or data files are errors now, not an hour into the sweep; a path given with
+        --set is named as such."""
+
+        def where(field: str) -> str:
+            return f"--set {field}" if field in set_keys else f"{source}: {field}"
+
         problems = []
         if self.model.name != BUILTIN_MODEL and _looks_local(self.model.name) and not Path(self.model.name).exists():
-            problems.append(f"{source}: model.name: path does not exist: {self.model.name}")
+            problems.append(f"{where('model.name')}: path does not exist: {self.model.name}")
         for fld in ("train", "eval"):
             value = getattr(self.data, fld)
             if value and value != BUILTIN_DATA and not Path(value).is_file():
-                problems.append(f"{source}: data.{fld}: file does not exist: {value}")
+                problems.append(f"{where('data.' + fld)}: file does not exist: {value}")
         if problems:
             raise PresetError("\n".join(problems))
 
@@ -239,7 +244,10 @@ def _anchor_paths(raw: dict[str, Any], base: Path, existing_models: bool = False
 
 
 def _absolute(value: str, base: Path) -> str:
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # ~nosuchuser: keep it as written; the existence check names it
+        path = Path(value)
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
