@@ -121,8 +121,8 @@ class StudySection(_Strict):
 
 class CheckpointSection(_Strict):
     interval: int | None = Field(None, ge=1, description="steps between periodic checkpoints; None: none")
-    keep: int = Field(2, ge=1)
-    keep_best: bool = True
+    keep: int = Field(2, ge=1, description="periodic/final/stop/on-demand checkpoints kept per trial")
+    keep_best: bool = Field(True, description="also checkpoint each new best eval, and keep the best")
 
 
 class DeviceSection(_Strict):
