@@ -233,3 +233,25 @@ def test_chart_redraws_are_paced_by_their_cost(monkeypatch: pytest.MonkeyPatch) 
     assert app._chart_due("loss", "view", 3, 0.09)
     assert not app._chart_due("loss", "view", 4, 0.09)
     assert app._chart_due("loss", "other view", 4, 0.09)
+
+
+async def test_event_log_shows_decisions_not_routine_checkpoints() -> None:
+    from textual.app import App, ComposeResult
+
+    from tui_tuner.engine.events import Event
+    from tui_tuner.ui.event_log import EventLogPanel
+
+    class LogOnly(App[None]):
+        def compose(self) -> ComposeResult:
+            yield EventLogPanel()
+
+    async with LogOnly().run_test(size=(80, 10)) as pilot:
+        panel = pilot.app.query_one(EventLogPanel)
+        for seq, (kind, msg) in enumerate([("started", "trial 0 started"), ("checkpoint", "trial 0: checkpoint"),
+                                           ("checkpoint_failed", "trial 0: checkpoint at step 5 failed"),
+                                           ("killed", "trial 0 killed by the user")], start=1):
+            panel.add(Event(seq, time.time(), kind, 0, msg))
+        await pilot.pause()
+        text = "\n".join(line.text for line in panel.lines)
+        assert "started" in text and "failed" in text and "killed" in text
+        assert "trial 0: checkpoint\n" not in text + "\n" and panel.last_seq == 4

@@ -9,12 +9,10 @@ import threading
 from typing import NoReturn, TextIO
 
 from tui_tuner.cli import EXIT_INTERRUPTED
-from tui_tuner.engine.events import Event
+from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.snapshot import SweepSnapshot
 from tui_tuner.engine.sweep import Sweep
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
-
-QUIET_EVENTS = {"checkpoint"}
 
 
 def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None) -> int:
@@ -25,7 +23,7 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
     replayed = 0  # events up to this seq were printed from the log: the sweep emitted them before we listened
 
     def show(ev: Event) -> None:
-        if ev.kind not in QUIET_EVENTS:
+        if ev.kind not in ROUTINE_EVENTS:
             with contextlib.suppress(BrokenPipeError):  # `| head`, or a tee killed by the same Ctrl-C
                 print(f"[{_clock(ev.time)}] {ev.message}", file=out, flush=True)
 

@@ -26,6 +26,10 @@ class Event:
 
 
 Listener = Callable[[Event], None]
+# Routine events clients need not show (they stay in events.jsonl): a checkpoint every few steps would drown
+# the decisions and state changes people read the log for.
+ROUTINE_EVENTS = frozenset({"checkpoint"})
+
 log = logging.getLogger(__name__)
 
 
