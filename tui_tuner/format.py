@@ -1,4 +1,4 @@
-"""Compact number formatting shared by the headless table and the TUI."""
+"""Compact formatting of numbers and errors shared by the engine, the headless table and the TUI."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ _SHORT = {"learning_rate": "lr", "batch_size": "bs", "weight_decay": "wd", "warm
 def fmt_params(params: dict[str, Any]) -> str:
     return " ".join(f"{_SHORT.get(k, k)}={fmt_float(v, 3) if isinstance(v, float) else v}"
                     for k, v in params.items())
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (messages from torch or SQLAlchemy run to pages), or its type's name."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def error_line(e: BaseException) -> str:
+    """'Type: first line', for errors whose type says what went wrong (OSError, RuntimeError from torch...)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {first_line(e)}" if text else type(e).__name__

@@ -19,6 +19,7 @@ from tui_tuner.engine.control import Killed, Stopped, TrialControl
 from tui_tuner.engine.history import TrialHistory
 from tui_tuner.engine.jsonl import JsonlWriter
 from tui_tuner.engine.snapshot import CheckpointView, TrialSnapshot
+from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
 from tui_tuner.training import checkpoint as ckpt
 from tui_tuner.training.finetune import FineTune
@@ -229,7 +230,7 @@ class TrialRunner:
             ckpt.prune_checkpoints(run.trial_dir, conf.keep, conf.keep_best)
         except Exception as e:  # torch.save and safetensors raise RuntimeError-like errors on a full disk, too
             self.events.emit("checkpoint_failed", run.number, f"trial {run.number}: checkpoint at step "
-                             f"{run.step} failed: {_one_line(e)}; previous checkpoint kept")
+                             f"{run.step} failed: {error_line(e)}; previous checkpoint kept")
             return None
         run.checkpoints = ckpt.list_checkpoints(run.trial_dir)
         self.events.emit("checkpoint", run.number, f"trial {run.number}: checkpoint at step {info.step}",
@@ -310,7 +311,7 @@ class TrialRunner:
             msg = (f"out of memory at step {run.step} (batch_size={micro}, "
                    f"grad_accum={run.params.grad_accum}): lower batch_size or raise grad_accum")
         else:
-            msg = _one_line(e)
+            msg = error_line(e)
         run.error = msg
         self._write_error_log()
         self._set_attrs(error=msg, failed_at_step=run.step)
@@ -330,7 +331,7 @@ class TrialRunner:
 
     def _last_resort(self, e: BaseException) -> None:
         """Ending the trial the normal way failed: record FAIL with whatever still works, never raise."""
-        run, msg = self.run, f"could not end the trial cleanly: {_one_line(e)}"
+        run, msg = self.run, f"could not end the trial cleanly: {error_line(e)}"
         run.error = run.error or msg
         # The traceback goes to its error.log (not stderr: under the app it would land on the screen).
         for act in (lambda: self._write_error_log(append=True), lambda: self._set_attrs(error=run.error),
@@ -339,7 +340,7 @@ class TrialRunner:
             try:
                 act()
             except Exception as again:
-                log.warning("trial %s: %s; then: %s", run.number, msg, _one_line(again))
+                log.warning("trial %s: %s; then: %s", run.number, msg, error_line(again))
         run.state = "fail"
         run.finished_at = run.finished_at or time.time()
 
@@ -380,8 +381,3 @@ class TrialRunner:
 
     def _bump(self) -> None:
         self.run.version += 1
-
-
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -26,6 +26,7 @@ from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRun, TrialRunner
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
+from tui_tuner.format import error_line, first_line
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training import checkpoint as ckpt
@@ -143,8 +144,7 @@ class Sweep:
         try:
             return make_storage(self.run_dir, self.storage_url)
         except Exception as e:  # SQLAlchemy raises many types; the user needs the one line
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SweepError(f"--storage {self.storage_url}: {first}") from None
+            raise SweepError(f"--storage {self.storage_url}: {first_line(e)}") from None
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the budget is spent and every trial has ended; True if it has."""
@@ -515,7 +515,7 @@ class Sweep:
     def _halt(self, e: Exception) -> None:
         """Starting a trial failed outside any trial (e.g. the sampler): fail the trial the ask had created, if
         any, and start no more; running trials finish. Must not raise: the scheduler thread calls it."""
-        msg = f"{type(e).__name__}: {str(e).strip().splitlines()[0]}" if str(e).strip() else type(e).__name__
+        msg = error_line(e)
         with self._cond:
             self._halted = msg
             self._cond.notify_all()

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from tui_tuner.format import first_line
 from tui_tuner.preset import BUILTIN_DATA
 
 
@@ -145,8 +146,7 @@ def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: i
         try:
             prompt, completion = _split(row, fmt, tokenizer)
         except Exception as e:  # the chat template's own checks (Jinja raises its TemplateError, roles order...)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"{_where(rows, i, source)}: chat template failed: {first}") from None
+            raise DataError(f"{_where(rows, i, source)}: chat template failed: {first_line(e)}") from None
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
         ids = (p_ids + c_ids)[:max_length]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from tui_tuner.format import first_line
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import BUILTIN_MODEL
 
@@ -76,7 +77,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load tokenizer for {name!r}: {_first_line(e)}{_offline_hint(name)}") from None
+        raise ModelError(f"cannot load tokenizer for {name!r}: {first_line(e)}{_offline_hint(name)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -114,13 +115,13 @@ def build_model(
         try:
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise ModelError(f"cannot load model {name!r}: {_first_line(e)}{_offline_hint(name)}") from None
+            raise ModelError(f"cannot load model {name!r}: {first_line(e)}{_offline_hint(name)}") from None
         if method in ("lora", "adalora"):
             cfg = adapter_config(method, params, total_steps)
             try:
                 model = get_peft_model(model, cfg)
             except ValueError as e:
-                raise ModelError(f"LoRA on {name!r}: {_first_line(e)}") from None
+                raise ModelError(f"LoRA on {name!r}: {first_line(e)}") from None
         else:
             freeze_layers(model, params.freeze_layers)
     return model.to(device)
@@ -215,11 +216,6 @@ def _decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
         if isinstance(mod, torch.nn.ModuleList):
             return mod
     raise ModelError("cannot find the transformer layers to freeze")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
 
 
 def _offline_hint(name: str) -> str:

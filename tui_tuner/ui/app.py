@@ -17,7 +17,7 @@ from textual.events import Resize
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
 
-from tui_tuner.engine.events import Event
+from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.ui.charts import LossChart, LrChart
@@ -141,7 +141,7 @@ class TuiTunerApp(App[int]):
     def _engine_event(self, message: EngineEvent) -> None:
         with contextlib.suppress(NoMatches, ScreenStackError):  # a message that lands while the app closes
             self.query_one(EventLogPanel).add(message.event)
-            if message.event.kind != "checkpoint":
+            if message.event.kind not in ROUTINE_EVENTS:
                 self.refresh_view()
 
     # -- refresh -------------------------------------------------------------------------------
@@ -185,8 +185,10 @@ class TuiTunerApp(App[int]):
 
     @on(DataTable.RowHighlighted)
     def _row_changed(self) -> None:
+        # A highlight queued just before the app closes can arrive after its widgets are gone.
         if self.snap is not None:
-            self._draw_panels(self.snap, self.query_one(TrialsTable).selected)
+            with contextlib.suppress(NoMatches, ScreenStackError):
+                self._draw_panels(self.snap, self.query_one(TrialsTable).selected)
 
     @on(DataTable.RowSelected)
     def _row_selected(self) -> None:
