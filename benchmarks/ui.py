@@ -12,6 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tui_tuner.engine.events import Event
@@ -36,8 +37,7 @@ class BenchSweep:
     what it costs in the engine); every snapshot bumps every version, the worst case for redraws."""
 
     preset = Preset.from_dict(BENCH_PRESET)
-    study = None
-    study_lock = threading.RLock()
+    run_dir = Path("/runs/demo")
     concurrency = 16
 
     def __init__(self) -> None:

@@ -208,6 +208,11 @@ async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:
 
         await until(pilot, lambda: "learning_rate" in detail())
         assert "origin" in detail() and "checkpoints" in detail()
+        # Checkpoints are listed relative to the run dir, named once, so lines fit narrow terminals.
+        await until(pilot, lambda: "trials/0/checkpoints/step-20" in detail())
+        assert f"(under {sweep.run_dir})" in detail() and f"{sweep.run_dir}/trials" not in detail()
+        lr = next(line for line in detail().splitlines() if line.strip().startswith("learning_rate"))
+        assert len(lr.split()[1]) <= 12  # 6 significant digits, not repr's 17
         await pilot.press("escape")
         await pilot.press("question_mark")
         await until(pilot, lambda: type(app.screen).__name__ == "HelpScreen")

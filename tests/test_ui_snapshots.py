@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tui_tuner import Preset
@@ -52,8 +52,7 @@ class FakeSweep:
     """Same read API as Sweep, fixed data; commands do nothing. For layout snapshots only."""
 
     preset = PRESET
-    study = None
-    study_lock = threading.RLock()
+    run_dir = Path("/runs/demo")
     concurrency = 2
 
     def snapshot(self) -> SweepSnapshot:

@@ -16,6 +16,15 @@ def fmt_float(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def fmt_value(v: Any) -> str:
+    """A param value as people type it: 6 significant digits for floats, "none" for None."""
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
@@ -12,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_tuner.engine.snapshot import TrialSnapshot
-from tui_tuner.format import fmt_bytes, fmt_float
+from tui_tuner.format import fmt_bytes, fmt_float, fmt_value
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.source import SweepSource
 
@@ -33,16 +34,17 @@ def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
     out.append("\nparams\n", style="bold underline")
     for k, v in values.items():
         mark = " (searched)" if k in t.params else " (override)" if k in t.overrides else ""
-        out.append(f"  {k:<20} {v}{mark}\n", style="bold" if mark else "")
+        out.append(f"  {k:<20} {fmt_value(v)}{mark}\n", style="bold" if mark else "")
     attrs = t.user_attrs  # the engine's copy: reading the study here would wait on its lock
     out.append("\nOptuna user attrs\n", style="bold underline")
     for k, v in attrs.items():
-        out.append(f"  {k:<20} {v}\n")
+        out.append(f"  {k:<20} {fmt_value(v)}\n")
     if not attrs:
         out.append("  (none)\n", style="dim")
-    out.append("\ncheckpoints\n", style="bold underline")
+    out.append("\ncheckpoints", style="bold underline")
+    out.append(f"  (under {source.run_dir})\n", style="dim")  # once: full paths would wrap at 80 columns
     for c in t.checkpoints:
-        out.append(f"  step {c.step:>7}  eval {fmt_float(c.eval_loss):>8}  {c.path}\n")
+        out.append(f"  step {c.step:>7}  eval {fmt_float(c.eval_loss):>8}  {_under(c.path, source.run_dir)}\n")
     if not t.checkpoints:
         out.append("  (none)\n", style="dim")
     return out
@@ -82,3 +84,8 @@ class TrialDetailScreen(Screen[None]):
         log_y = bool(getattr(self.app, "log_y", False))
         self.query_one(LossChart).draw(self.source, snap, self.number, log_y)
         self.query_one(LrChart).draw(self.source, snap, self.number)
+
+
+def _under(path: str, root: Path) -> str:
+    p = Path(path)
+    return str(p.relative_to(root)) if p.is_relative_to(root) else path

@@ -15,7 +15,7 @@ from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tui_tuner.engine.snapshot import TrialSnapshot
-from tui_tuner.format import fmt_float
+from tui_tuner.format import fmt_float, fmt_value
 from tui_tuner.params import TrialParams, first_error, shape_params
 
 
@@ -45,14 +45,6 @@ class ConfirmScreen(ModalScreen[bool]):
     @on(Button.Pressed)
     def _pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id == "yes")
-
-
-def fmt_value(v: Any) -> str:
-    if v is None:
-        return "none"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return str(v)
 
 
 def parse_value(text: str, like: Any) -> Any:

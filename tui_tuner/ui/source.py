@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from tui_tuner.engine.events import Event
@@ -13,6 +14,7 @@ from tui_tuner.preset import Preset
 
 class SweepSource(Protocol):
     preset: Preset
+    run_dir: Path
 
     def snapshot(self) -> SweepSnapshot: ...
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]: ...
