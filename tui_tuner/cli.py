@@ -106,11 +106,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def check_data_files(preset: Preset) -> None:
-    """Parse the JSONL files and tell their format (tokenising needs the model, which a dry run does not load)."""
-    from tui_tuner.training.data import detect_format, load_records
+    """Parse the JSONL files and check every row against their format, as tokenising will (which needs the
+    model, and a dry run does not load it)."""
+    from tui_tuner.training.data import check_rows, detect_format, load_records
 
     for path in filter(None, (preset.data.train, preset.data.eval)):
-        detect_format(load_records(path), preset.data.format, path)
+        rows = load_records(path)
+        check_rows(rows, detect_format(rows, preset.data.format, path), path)
 
 
 def dry_run(preset: Preset) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna.distributions as od
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tui_tuner.params import PARAM_NAMES, TrialParams, error_message
@@ -162,11 +164,23 @@ class Preset(_Strict):
     def _grid(self) -> Preset:
         """The grid sampler is built in Sweep.start(), after the run dir is written: check its space now."""
         if self.study.sampler == "grid":
-            # Imported here: the engine imports this module.
-            from tui_tuner.engine.study import grid_space
-
-            grid_space(self)  # its ValueError names the search field
+            self.grid_space()  # its ValueError names the search field
         return self
+
+    def grid_space(self) -> dict[str, list[Any]]:
+        """Every value the grid sampler tries, per searched param; float ranges need a step."""
+        grid: dict[str, list[Any]] = {}
+        for name, d in self.search.items():
+            if isinstance(d, CategoricalDist):
+                grid[name] = list(d.choices)
+            elif isinstance(d, IntDist):
+                grid[name] = list(range(d.low, d.high + 1, d.step))
+            elif d.step is not None:
+                n = math.floor((d.high - d.low) / d.step + 1e-9)
+                grid[name] = [d.low + i * d.step for i in range(n + 1)]
+            else:
+                raise ValueError(f"search.{name}: the grid sampler needs 'step' on float ranges")
+        return grid
 
     @property
     def study_name(self) -> str:
@@ -329,52 +343,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> d
 
 
 def dump_toml(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for resolved presets (tables of scalars, lists and inline tables)."""
-    out: list[str] = []
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return _toml_string(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(scalar(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {scalar(x)}" for k, x in v.items()) + " }"
-        return repr(v)
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        plain = {k: v for k, v in d.items() if not isinstance(v, dict) or prefix == "search"}
-        if prefix:
-            out.append(f"\n[{prefix}]")
-        out.extend(f"{_key(k)} = {scalar(v)}" for k, v in plain.items())
-        for k, v in d.items():
-            if isinstance(v, dict) and prefix != "search":
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(out).lstrip() + "\n"
-
-
-def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _toml_string(k)
-
-
-_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(v: str) -> str:
-    """A TOML basic string: a basic string may hold no raw newline or control character (a multi-line
-    description would make the saved preset.toml unreadable)."""
-    out = []
-    for ch in v:
-        if ch in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[ch])
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
+    """TOML text of a preset (a resolved one for the run dir and `presets show`, or a raw dict in tests)."""
+    return tomli_w.dumps(data)
 
 
 def resolve_preset_path(name_or_path: str) -> Path:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -35,27 +34,12 @@ def make_sampler(preset: Preset, seed_offset: int = 0) -> optuna.samplers.BaseSa
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)
         case "grid":
-            return _GridSampler(grid_space(preset), seed=seed)
+            return _GridSampler(preset.grid_space(), seed=seed)
         case "gp":
             return optuna.samplers.GPSampler(seed=seed)
         case "cmaes":
             return optuna.samplers.CmaEsSampler(seed=seed)
     raise ValueError(s.sampler)
-
-
-def grid_space(preset: Preset) -> dict[str, list[Any]]:
-    grid: dict[str, list[Any]] = {}
-    for name, d in preset.search.items():
-        if isinstance(d, CategoricalDist):
-            grid[name] = list(d.choices)
-        elif isinstance(d, IntDist):
-            grid[name] = list(range(d.low, d.high + 1, d.step))
-        elif d.step is not None:
-            n = math.floor((d.high - d.low) / d.step + 1e-9)
-            grid[name] = [d.low + i * d.step for i in range(n + 1)]
-        else:
-            raise ValueError(f"search.{name}: the grid sampler needs 'step' on float ranges")
-    return grid
 
 
 def make_pruner(preset: Preset, max_resource: int) -> optuna.pruners.BasePruner:

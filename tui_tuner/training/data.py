@@ -75,11 +75,8 @@ def _raise_problems(problems: list[str], path: str) -> None:
 
 
 def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str:
-    """The declared format, or the one the first row's keys say; every row is then checked against it, so a
-    malformed row is an error naming its line before any training starts (the dry run calls this too)."""
-    fmt = declared if declared != "auto" else _format_of(rows[0], source)
-    check_rows(rows, fmt, source)
-    return fmt
+    """The declared format, or the one the first row's keys say (check_rows then checks every row)."""
+    return declared if declared != "auto" else _format_of(rows[0], source)
 
 
 def _format_of(row: dict[str, Any], source: str) -> str:
@@ -138,7 +135,7 @@ def _where(rows: list[dict[str, Any]], i: int, source: str) -> str:
 
 def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: int, source: str) -> list[Example]:
     """Token ids plus the prompt length; an EOS ends each example so the model learns to stop."""
-    # Rows from detect_format were checked already; this guards callers that pass rows straight in.
+    # Every row's shape first: a malformed row is an error naming its line, not a KeyError mid-way.
     check_rows(rows, fmt, source)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
