@@ -122,6 +122,9 @@ def test_stop_leaves_nothing_running_and_journal_reloads(make_sweep, tmp_path):
 def test_run_dir_files(make_sweep):
     sweep = make_sweep(study={"n_trials": 1, "concurrency": 1}).start()
     assert sweep.wait(120)
+    elapsed = sweep.snapshot().elapsed
+    time.sleep(0.3)
+    assert sweep.snapshot().elapsed == elapsed  # the clock stops when the sweep finishes
     sweep.stop()
     run = sweep.run_dir
     assert (run / "preset.toml").is_file() and (run / "optuna.journal").is_file()

@@ -77,6 +77,7 @@ class Sweep:
         self._lock: RunDirLock | None = None
         self._asking: tuple[int, int] | None = None  # (number, trial id) of the trial an ask is creating
         self._done = threading.Event()
+        self._finished_at: float | None = None
         self._scheduler: threading.Thread | None = None
         self._started_at = 0.0
         self.study: optuna.Study
@@ -174,7 +175,16 @@ class Sweep:
         # drops it) so no other process resumes the run under it.
         if self._lock is not None and not any(r.thread.is_alive() for r in runs):  # type: ignore[union-attr]
             self._lock.release()
-        self._done.set()
+        self._set_done(True)
+
+    def _set_done(self, done: bool) -> None:
+        """Finished (or not); elapsed time stops at the finish and runs again if a new trial reopens the sweep."""
+        if done:
+            self._finished_at = self._finished_at or time.time()
+            self._done.set()
+        else:
+            self._finished_at = None
+            self._done.clear()
 
     @property
     def finished(self) -> bool:
@@ -337,7 +347,7 @@ class Sweep:
                     staged.rename(dest)
                 with self._cond:
                     self._queue[queued.number] = _waiting_snapshot(queued)
-                    self._done.clear()  # wait() must not return before the new trial has run
+                    self._set_done(False)  # wait() must not return before the new trial has run
                     self._cond.notify_all()
         finally:
             if staged is not None:  # what is left of the staging dir: empty after the rename
@@ -372,7 +382,8 @@ class Sweep:
         return SweepSnapshot(
             study_name=self.preset.study_name, sampler=self.preset.study.sampler, pruner=self.preset.study.pruner,
             concurrency=self._concurrency, n_trials=self.preset.study.n_trials, started_at=self._started_at,
-            elapsed=time.time() - self._started_at, finished=self.finished, trials=trials, counts=counts,
+            elapsed=(self._finished_at or time.time()) - self._started_at, finished=self.finished, trials=trials,
+            counts=counts,
             best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
             halted=self._halted,
         )
@@ -446,12 +457,12 @@ class Sweep:
                     run.control.resume()
                 continue
             if room and self._can_start_more():
-                self._done.clear()
+                self._set_done(False)
                 return "start"
             # A run counts until its thread is reaped: an OOM retry is queued after the trial has ended.
             idle = all(r.reaped or r.thread is None for r in self._runs.values())
             if idle and not self._can_start_more() and not self._done.is_set():
-                self._done.set()
+                self._set_done(True)
                 return "finished"
             self._cond.wait(timeout=1.0)
         return "stop"
