@@ -95,7 +95,7 @@ def latency(p: Preset, run_dir: Path) -> tuple[float, float, float]:
     while sweep.trial(0).state != "paused":
         time.sleep(0.0005)
     pause_s = time.perf_counter() - t0
-    sweep.resume(0)
+    sweep.resume_trial(0)
     while sweep.trial(0).state != "running":
         time.sleep(0.0005)
     s0 = sweep.trial(0).step

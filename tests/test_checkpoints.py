@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -200,7 +202,7 @@ def test_fork_errors_are_one_line(make_sweep):
 
 def test_resume_of_a_non_run_dir_is_one_line(tmp_path):
     with pytest.raises(SweepError, match="not a tui-tuner run directory"):
-        Sweep.resume(tmp_path)
+        Sweep.open(tmp_path)
 
 
 def test_sigkill_mid_sweep_then_resume_continues_from_checkpoints(tmp_path):
@@ -268,39 +270,50 @@ def test_ctrl_c_in_headless_mode_stops_cleanly(tmp_path):
     assert "stopping" in out and "interrupted at step" in out and "Traceback" not in err
     backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
     study = optuna.load_study(study_name="test", storage=optuna.storages.JournalStorage(backend))
-    assert [t.state for t in study.trials] == [TrialState.PRUNED, TrialState.PRUNED]
-    assert all(ckpt.list_checkpoints(run_dir / "trials" / str(t.number)) for t in study.trials)
+    # Interrupted, not told: RUNNING in Optuna with where to continue from; the sampler learns nothing from it.
+    assert [t.state for t in study.trials] == [TrialState.RUNNING, TrialState.RUNNING]
+    for t in study.trials:
+        at = t.user_attrs["interrupted_at_step"]
+        assert t.user_attrs["interrupted_checkpoint"] == f"trials/{t.number}/checkpoints/step-{at}"
+        assert ckpt.list_checkpoints(run_dir / "trials" / str(t.number))[-1].step == at
 
 
-def test_resume_after_a_clean_stop_continues_interrupted_trials_as_forks(make_sweep):
+def test_resume_after_a_clean_stop_continues_interrupted_trials_under_their_own_numbers(make_sweep):
     sweep = make_sweep(params={"max_steps": 150}, study={"n_trials": 2, "concurrency": 2},
                        checkpoints={"interval": 1000}).start()
     wait_for(lambda: len(sweep.trials()) == 2 and all(t.step >= 5 for t in sweep.trials()), what="2 trials")
     sweep.stop()
-    stopped_at = {t.number: t.step for t in sweep.trials()}
-    again = Sweep.resume(sweep.run_dir).start()
+    stopped = {t.number: t for t in sweep.trials()}
+    assert {n: t.state for n, t in stopped.items()} == {0: "interrupted", 1: "interrupted"}
+    assert all(t.checkpoints[-1].step == t.step for t in stopped.values())  # the stop checkpoint
+    again = Sweep.open(sweep.run_dir).start()
     try:
         assert again.wait(180)
-        by_parent = {t.parent: t for t in again.trials() if t.parent is not None}
-        assert set(by_parent) == {0, 1}
-        for parent, child in by_parent.items():
-            assert child.fork_step == stopped_at[parent] and child.state == "complete" and child.step == 150
-        assert {t.number: t.state for t in again.trials() if t.parent is None} == {0: "pruned", 1: "pruned"}
+        trials = again.trials()
+        assert [(t.number, t.state, t.step) for t in trials] == [(0, "complete", 150), (1, "complete", 150)]
+        for t in trials:  # continued, not restarted: the curve up to the stop is the first run's
+            before = sweep.series(t.number, "loss", max_points=None)
+            assert again.series(t.number, "loss", max_points=None)[:len(before)] == before
+        assert [t.state for t in _study_of(again).trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
     finally:
         again.stop()
-    # A second resume does not continue them again.
-    third = Sweep.resume(sweep.run_dir).start()
+    # A second resume has nothing to continue and spends no more budget.
+    third = Sweep.open(sweep.run_dir).start()
     try:
         assert third.wait(60)
-        assert len(third.trials()) == 4
+        assert [(t.number, t.state) for t in third.trials()] == [(0, "complete"), (1, "complete")]
     finally:
         third.stop()
+
+
+def _study_of(sweep: Sweep) -> optuna.Study:
+    return optuna.load_study(study_name=sweep.preset.study_name, storage=sweep.study._storage)
 
 
 @pytest.fixture
 def slow_builds(monkeypatch):
     """Model builds that take until released, so a stop can land before a trial's first step."""
-    import tui_tuner.engine.runner as runner_mod
+    import tui_tuner.training.finetune as runner_mod
 
     gate = {"slow": False}
     building = threading.Event()
@@ -329,19 +342,19 @@ def slow_builds(monkeypatch):
     release.set()
 
 
-def test_a_trial_stopped_before_its_first_step_runs_again_on_resume(make_sweep, slow_builds):
+def test_a_trial_stopped_before_its_first_step_continues_under_its_number_on_resume(make_sweep, slow_builds):
     slow_builds["slow"] = True
     sweep = make_sweep(params={"max_steps": 20}, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials(), what="trial 0 asked")
     lr = sweep.trial(0).params["learning_rate"]
     slow_builds["stop_during_build"](sweep)
-    again = Sweep.resume(sweep.run_dir).start()
+    again = Sweep.open(sweep.run_dir).start()
     try:
         assert again.wait(120)
         trials = again.trials()
-        # The budget of 1 is spent by the re-run, not by the trial that never stepped.
-        assert [(t.number, t.state) for t in trials] == [(0, "pruned"), (1, "complete")]
-        assert trials[1].params["learning_rate"] == lr and trials[1].step == 20 and trials[1].origin == "sampler"
+        # The budget of 1 is spent once: by trial 0, which runs from step 0 under its own number.
+        assert [(t.number, t.state) for t in trials] == [(0, "complete")]
+        assert trials[0].params["learning_rate"] == lr and trials[0].step == 20 and trials[0].origin == "sampler"
     finally:
         again.stop()
 
@@ -355,12 +368,12 @@ def test_a_fork_stopped_before_its_first_step_continues_from_its_fork_checkpoint
     slow_builds["stop_during_build"](sweep)
     attrs = optuna.load_study(study_name="test", storage=sweep.study._storage).trials[child].user_attrs
     assert attrs["interrupted_at_step"] == 10
-    again = Sweep.resume(sweep.run_dir, n_trials=1).start()
+    again = Sweep.open(sweep.run_dir, n_trials=1).start()
     try:
-        wait_for(lambda: any(t.parent == child and t.state == "complete" for t in again.trials()),
-                 what="the fork's continuation", timeout=120)
-        cont = next(t for t in again.trials() if t.parent == child)
-        assert cont.fork_step == 10 and cont.step == 30
+        wait_for(lambda: again.trial(child).state == "complete", what="the fork, continued", timeout=120)
+        cont = again.trial(child)
+        assert cont.parent == 0 and cont.fork_step == 10 and cont.step == 30
+        assert again.series(child, "loss", max_points=None)[0][0] <= 10  # its curve starts as its parent's
     finally:
         again.stop()
 
@@ -421,3 +434,28 @@ def test_adalora_fork_into_the_frozen_phase_freezes_the_ranks_at_the_target_budg
     ckpt.restore(child, info.path)
     assert child.step().step == 10
     assert _kept_ranks(child) == 4 * len(child.model.peft_config["default"].rank_pattern)
+
+
+def test_a_run_dir_made_by_release_0_1_0_still_resumes(tmp_path):
+    """0.1.0 told stopped trials PRUNED (with interrupted_* attrs and absolute checkpoint paths): they keep
+    continuing as forks of themselves, even from a moved run dir; the rest of the budget is then spent."""
+    run = tmp_path / "moved-run"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "legacy-run-0.1.0", run)
+    sweep = Sweep.open(run).start()
+    try:
+        assert sweep.wait(180)
+        trials = {t.number: t for t in sweep.trials()}
+        assert [trials[n].state for n in (0, 1)] == ["interrupted", "interrupted"]
+        conts = {t.user_attrs["continues"]: t for t in trials.values() if "continues" in t.user_attrs}
+        assert {n: (c.fork_step, c.state, c.step) for n, c in conts.items()} == {
+            0: (10, "complete", 60), 1: (17, "complete", 60)}
+        assert len(trials) == 5 and trials[4].origin == "sampler" and trials[4].state == "complete"  # budget 3
+        stored = optuna.load_study(study_name="legacy", storage=sweep.study._storage).trials
+        assert not [t for t in stored if t.state == TrialState.RUNNING]
+    finally:
+        sweep.stop()
+    again = Sweep.open(run).start()  # continued once, not again
+    try:
+        assert again.wait(60) and len(again.trials()) == 5
+    finally:
+        again.stop()

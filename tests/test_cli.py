@@ -104,7 +104,7 @@ def test_export_steps_is_the_last_step_run_not_the_last_eval(make_sweep, tmp_pat
         step = sweep.trial(0).step
         if step % 10:
             break
-        sweep.resume(0)
+        sweep.resume_trial(0)
         wait_for(lambda s=step: sweep.trial(0).step > s, what="a step")
     sweep.kill(0)
     assert sweep.wait(120)
@@ -112,7 +112,7 @@ def test_export_steps_is_the_last_step_run_not_the_last_eval(make_sweep, tmp_pat
     export_run(tmp_path / "run")
     (row,) = csv.DictReader((tmp_path / "run" / "trials.csv").open())
     trial = optuna.load_study(study_name="test", storage=sweep.study._storage).trials[0]
-    assert row["state"] == "PRUNED" and trial.user_attrs["stopped_at_step"] == step
+    assert row["state"] == "killed" and trial.user_attrs["stopped_at_step"] == step
     assert int(row["steps"]) == step != max(trial.intermediate_values)
 
 

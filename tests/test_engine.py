@@ -32,7 +32,7 @@ def test_pause_stops_the_step_counter_and_resume_continues(make_sweep):
     held = sweep.trial(0).step
     time.sleep(0.6)
     assert sweep.trial(0).step == held
-    sweep.resume(0)
+    sweep.resume_trial(0)
     wait_for(lambda: sweep.trial(0).step > held + 3, what="steps after resume")
     assert sweep.trial(0).state == "running"
 
@@ -42,7 +42,7 @@ def test_kill_is_pruned_with_user_attrs_and_visible_to_the_sampler(make_sweep):
     sweep = make_sweep(params={**LONG, "eval_interval": 100_000}, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 3, what="trial 0 stepping")
     sweep.kill(0)
-    wait_for(lambda: sweep.trial(0).state == "pruned", what="kill")
+    wait_for(lambda: sweep.trial(0).state == "killed", what="kill")
     t = _study(sweep).trials[0]
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["stopped_by_user"] is True
@@ -106,7 +106,7 @@ def test_a_trial_that_raises_is_fail_and_the_others_finish(make_sweep):
     assert (sweep.run_dir / "trials" / str(bad) / "error.log").is_file()
 
 
-def test_stop_leaves_nothing_running_and_journal_reloads(make_sweep, tmp_path):
+def test_stop_interrupts_every_trial_without_telling_optuna_and_journal_reloads(make_sweep, tmp_path):
     sweep = make_sweep(params=LONG, study={"n_trials": 2, "concurrency": 2}).start()
     wait_for(lambda: len(sweep.trials()) == 2 and all(t.step > 2 for t in sweep.trials()), what="2 running")
     sweep.pause(1)
@@ -115,8 +115,12 @@ def test_stop_leaves_nothing_running_and_journal_reloads(make_sweep, tmp_path):
         optuna.storages.journal.JournalFileBackend(str(sweep.run_dir / "optuna.journal")))
     study = optuna.load_study(study_name="test", storage=storage)
     assert len(study.trials) == 2
-    assert all(t.state == TrialState.PRUNED for t in study.trials)
+    # Never told: a stop says nothing about the params, so the sampler must not learn from it. Every RUNNING
+    # trial is accounted for by its interrupted_at_step; the paused one is marked to come back paused.
+    assert all(t.state == TrialState.RUNNING for t in study.trials)
     assert all(t.user_attrs["interrupted_at_step"] > 0 for t in study.trials)
+    assert [t.user_attrs["paused"] for t in study.trials] == [False, True]
+    assert [t.state for t in sweep.trials()] == ["interrupted", "interrupted"]
 
 
 def test_run_dir_files(make_sweep):
@@ -183,8 +187,8 @@ def test_engine_and_training_never_import_textual():
 
 
 def test_reloaded_history_takes_the_later_lines_after_a_resume(tmp_path):
-    from tui_tuner.engine.runner import TrialRun
-    from tui_tuner.engine.sweep import _load_history
+    from tui_tuner.engine.resume import _load_history
+    from tui_tuner.engine.trial import TrialRun
     from tui_tuner.params import TrialParams
 
     lines = [{"step": s, "loss": 10.0 - s} for s in (1, 2, 3, 4)] + [{"step": 4, "eval_loss": 5.0}]
@@ -192,7 +196,7 @@ def test_reloaded_history_takes_the_later_lines_after_a_resume(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     run = TrialRun(number=0, trial=None, params=TrialParams(max_steps=5), searched={}, overrides={},
                    trial_dir=tmp_path)
-    _load_history(run, tmp_path, None, {})
+    _load_history(run, {}, None)
     assert run.history.series["loss"].points() == [(1, 9.0), (2, 8.0), (3, 103.0), (4, 104.0), (5, 105.0)]
     assert run.history.series["eval_loss"].points() == [] and run.step == 5
 
@@ -255,7 +259,7 @@ def test_resume_does_not_replay_the_samplers_proposals(make_sweep, tmp_path):
     sweep = make_sweep(params={"max_steps": 5}, study={"n_trials": 2, "concurrency": 1, "sampler": "random"}).start()
     assert sweep.wait(60)
     sweep.stop()
-    again = Sweep.resume(sweep.run_dir, n_trials=4).start()
+    again = Sweep.open(sweep.run_dir, n_trials=4).start()
     try:
         assert again.wait(60)
         lrs = [t.params["learning_rate"] for t in again.trials()]
@@ -289,6 +293,6 @@ def test_an_oom_trial_is_retried_with_half_the_micro_batch_from_its_checkpoint(m
     sweep = make_sweep(params={"max_steps": 30, "batch_size": 8}, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: len(sweep.trials()) == 2 and sweep.trial(1).state == "complete", what="retry", timeout=120)
     failed, retry = sweep.trial(0), sweep.trial(1)
-    assert failed.state == "fail" and failed.error.startswith("out of memory at step 12 (batch_size=8")
+    assert failed.state == "failed" and failed.error.startswith("out of memory at step 12 (batch_size=8")
     assert retry.parent == 0 and retry.fork_step == 10 and retry.step == 30
     assert retry.overrides == {"batch_size": 4, "grad_accum": 2}

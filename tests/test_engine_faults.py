@@ -53,7 +53,7 @@ class _BrokenOnSecondAsk(optuna.samplers.RandomSampler):
 
 
 def test_a_sampler_that_fails_halts_the_sweep_and_fails_only_the_trial_it_was_creating(make_sweep, monkeypatch):
-    monkeypatch.setattr("tui_tuner.engine.sweep.make_sampler", lambda *a, **k: _BrokenOnSecondAsk(seed=0))
+    monkeypatch.setattr("tui_tuner.engine.study_gateway.make_sampler", lambda *a, **k: _BrokenOnSecondAsk(seed=0))
     sweep = make_sweep(params={"max_steps": 10}, study={"n_trials": 4, "concurrency": 1}).start()
     # Another process on the same storage has a trial RUNNING: the halt must not touch it.
     foreign = optuna.load_study(study_name=sweep.preset.study_name, storage=sweep.study._storage).ask()
@@ -101,13 +101,13 @@ def test_a_trial_whose_stop_handler_breaks_is_still_told_and_not_left_running(ma
     def broken_stop(self):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(TrialRunner, "_finish_stopped", broken_stop)
+    monkeypatch.setattr(TrialRunner, "_finish_interrupted", broken_stop)
     sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 2, what="trial 0 stepping")
     sweep.stop(timeout=60)
     t = _trials(sweep)[0]
     assert t.state == TrialState.FAIL and "No space left on device" in t.user_attrs["error"]
-    assert sweep.trial(0).state == "fail"
+    assert sweep.trial(0).state == "failed"
     assert "OSError: [Errno 28]" in (sweep.run_dir / "trials" / "0" / "error.log").read_text()
 
 
@@ -116,7 +116,7 @@ def test_a_nan_eval_fails_the_trial_and_never_becomes_the_best(make_sweep, monke
     sweep = make_sweep(params={"max_steps": 20}, study={"n_trials": 1, "concurrency": 1}).start()
     assert sweep.wait(120)
     t = sweep.trial(0)
-    assert t.state == "fail" and "eval loss is nan at step 10" in t.error
+    assert t.state == "failed" and "eval loss is nan at step 10" in t.error
     assert _trials(sweep)[0].state == TrialState.FAIL
     assert sweep.snapshot().best_trial is None
 
@@ -138,15 +138,15 @@ def test_an_improving_eval_is_checkpointed_and_kept_only_while_it_is_the_best(ma
 def test_a_live_run_dir_cannot_be_driven_by_a_second_sweep(make_sweep):
     sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
     with pytest.raises(RunDirLockedError, match=r"is in use by a running tui-tuner \(pid \d+\)"):
-        Sweep.resume(sweep.run_dir).start()
-    assert sweep.trials()[0].state in ("running", "paused")  # the second one touched nothing
+        Sweep.open(sweep.run_dir).start()
+    wait_for(lambda: sweep.trial(0).state == "running", what="trial 0 running")  # the second one touched nothing
     sweep.stop()
-    broken = Sweep.resume(sweep.run_dir)
+    broken = Sweep.open(sweep.run_dir)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(optuna, "create_study", lambda **kw: (_ for _ in ()).throw(OSError(5, "Input/output error")))
         with pytest.raises(OSError):
             broken.start()  # fails after taking the lock: must give it back
-    again = Sweep.resume(sweep.run_dir)
+    again = Sweep.open(sweep.run_dir)
     try:
         again.start()  # the lock went with the stop, and with the failed start
     finally:
@@ -157,11 +157,11 @@ def test_with_paused_frees_slot_a_resume_waits_for_a_free_slot(make_sweep):
     sweep = make_sweep(params=LONG, study={"n_trials": 2, "concurrency": 1, "paused_frees_slot": True}).start()
     wait_for(lambda: sweep.trials() and sweep.trial(0).step >= 2, what="trial 0 stepping")
     sweep.pause(0)
-    sweep.resume(0)  # changed its mind before the trial got to pause: nothing to queue
+    sweep.resume_trial(0)  # changed its mind before the trial got to pause: nothing to queue
     assert not any(e.kind == "resume_queued" for e in sweep.events_since(0))
     sweep.pause(0)
     wait_for(lambda: len(sweep.trials()) == 2 and sweep.trial(1).state == "running", what="trial 1 takes the slot")
-    sweep.resume(0)
+    sweep.resume_trial(0)
     held = sweep.trial(0).step
     wait_for(lambda: sweep.trial(1).step >= 5, what="trial 1 stepping")
     assert sweep.trial(0).state == "paused" and sweep.trial(0).step == held  # concurrency 1 is kept
@@ -196,7 +196,7 @@ def test_snapshots_carry_the_optuna_user_attrs(make_sweep):
     queued = sweep.enqueue({"learning_rate": 1e-3})
     assert sweep.trial(queued).state == "waiting" and sweep.trial(queued).user_attrs["origin"] == "enqueue"
     sweep.kill(0)
-    wait_for(lambda: sweep.trial(0).state == "pruned", what="kill")
+    wait_for(lambda: sweep.trial(0).state == "killed", what="kill")
     attrs = sweep.trial(0).user_attrs
     assert attrs == {**_trials(sweep)[0].user_attrs}
     assert attrs["stopped_by_user"] is True

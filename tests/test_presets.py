@@ -233,7 +233,7 @@ def test_unset_batch_size_uses_the_rule_and_says_so(tmp_path):
     assert sweep.wait(60)
     msgs = [e.message for e in sweep.events_since(0) if e.kind == "batch_size_rule"]
     sweep.stop()
-    n = len(sweep.data.train)
+    n = sweep.n_train
     assert msgs and f"using {max(1, min(256, round(0.002 * n)))} (~0.2% of {n}" in msgs[0]
 
 

@@ -9,21 +9,20 @@ from pathlib import Path
 import optuna
 
 from tui_tuner.engine.jsonl import read_jsonl
+from tui_tuner.engine.run_dir import RunDir
 from tui_tuner.engine.study import make_storage
+from tui_tuner.engine.study_gateway import state_of
 from tui_tuner.preset import Preset
-from tui_tuner.training.checkpoint import list_checkpoints
+from tui_tuner.training.checkpoint_files import list_checkpoints
 
 
 def export_run(run_dir: Path, out: Path | None = None) -> str:
-    from tui_tuner.engine.sweep import SWEEP_FILE, SweepError
-
-    if not (run_dir / SWEEP_FILE).is_file():
-        raise SweepError(f"{run_dir}: not a tui-tuner run directory (no {SWEEP_FILE})")
+    layout = RunDir(run_dir)
+    storage_url = layout.read_meta().get("storage")
     # Export needs the params and the study, not the data: a run whose data has moved still exports.
-    preset = Preset.load(run_dir / "preset.toml", check_paths=False)
+    preset = Preset.load(layout.preset, check_paths=False)
     out = out or run_dir
     out.mkdir(parents=True, exist_ok=True)
-    storage_url = json.loads((run_dir / SWEEP_FILE).read_text()).get("storage")
     study = optuna.load_study(study_name=preset.study_name, storage=make_storage(run_dir, storage_url))
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
@@ -32,9 +31,11 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
         w.writerow(["number", "state", *names, "value", "best_eval_loss", "steps", "parent", "stopped_by_user"])
         for t in trials:
             iv = t.intermediate_values
-            w.writerow([t.number, t.state.name, *(t.params.get(n, "") for n in names),
+            # The engine's state word (interrupted, killed, cancelled...), not Optuna's: a stopped trial is
+            # RUNNING in the study until resumed, and a kill is PRUNED there.
+            w.writerow([t.number, str(state_of(t)), *(t.params.get(n, "") for n in names),
                         "" if t.value is None else t.value, min(iv.values()) if iv else "",
-                        last_step(t, run_dir / "trials" / str(t.number)), t.user_attrs.get("parent_trial", ""),
+                        last_step(t, layout.trial(t.number)), t.user_attrs.get("parent_trial", ""),
                         t.user_attrs.get("stopped_by_user", "")])
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
@@ -43,7 +44,7 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     full = {**preset.params.model_dump(), **t_overrides(best), **best.params}
     (out / "best_params.json").write_text(json.dumps(
         {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2) + "\n")
-    ckpts = list_checkpoints(run_dir / "trials" / str(best.number))
+    ckpts = list_checkpoints(layout.trial(best.number))
     where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
     return (f"wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
             f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")

@@ -73,14 +73,14 @@ def force_exit(sweep: Sweep) -> NoReturn:
 def progress_table(snap: SweepSnapshot) -> str:
     c = snap.counts
     head = (f"-- {snap.study_name}  {int(snap.elapsed)}s  done {c['complete']}  running {c['running']}  "
-            f"paused {c['paused']}  queued {c['waiting']}  pruned {c['pruned']}  failed {c['fail']}  "
+            f"paused {c['paused']}  queued {c['waiting']}  pruned {c['pruned']}  failed {c['failed']}  "
             f"best {fmt_float(snap.best_value)} (#{snap.best_trial if snap.best_trial is not None else '-'})")
     lines = [head, f"{'#':>4} {'state':<9} {'step':>11} {'loss':>7} {'eval':>7} {'best':>7} {'lr':>8} "
              f"{'tok/s':>7} {'mem':>7}  params"]
     for t in snap.trials:
         step = f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
         lines.append(
-            f"{t.number:>4} {t.display_state:<9} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
+            f"{t.number:>4} {t.state:<9} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
             f"{fmt_float(t.best_eval_loss):>7} {fmt_float(t.lr, 2):>8} {fmt_float(t.tokens_per_s, 0):>7} "
             f"{fmt_bytes(t.peak_mem_bytes):>7}  {fmt_params(t.params)}"
             + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")

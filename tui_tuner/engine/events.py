@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_tuner.engine.jsonl import JsonlWriter
+from tui_tuner.engine.jsonl import JsonlWriter, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class Event:
     trial: int | None
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+    earlier: bool = False  # read back from events.jsonl: emitted by an earlier process of this run
 
 
 Listener = Callable[[Event], None]
@@ -34,19 +35,53 @@ log = logging.getLogger(__name__)
 
 
 class EventLog:
-    def __init__(self, path: Path, tail: int = 2000):
-        self._writer = JsonlWriter(path)
+    """Usable from construction (clients subscribe before the sweep has loaded); nothing touches the disk until
+    `open()`, which first reads back an earlier process's events when `previous` (a resumed run), so clients see
+    the run's whole history with sequence numbers that continue it."""
+
+    def __init__(self, path: Path, tail: int = 2000, previous: bool = False):
+        self._path = path
+        self._previous = previous
+        self._writer: JsonlWriter | None = None
+        self._unwritten: list[dict[str, Any]] = []  # emitted before open()
         self._tail: deque[Event] = deque(maxlen=tail)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
 
+    def open(self) -> None:
+        with self._lock:
+            earlier = read_jsonl(self._path) if self._previous else []
+            mine = list(self._tail)
+            self._tail.clear()
+            self._seq = itertools.count(1)
+            for row in earlier:
+                data = {k: v for k, v in row.items() if k not in ("time", "event", "trial", "message")}
+                self._tail.append(Event(next(self._seq), row.get("time", 0.0), str(row.get("event", "?")),
+                                        row.get("trial"), str(row.get("message", "")), data, earlier=True))
+            for ev in mine:  # renumbered after the earlier ones (no client has read them: open() is at start)
+                self._tail.append(Event(next(self._seq), ev.time, ev.kind, ev.trial, ev.message, ev.data))
+            self._writer = JsonlWriter(self._path)
+            for row in self._unwritten:
+                self._writer.write(row)
+            self._unwritten.clear()
+
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None and not self._writer.closed
+
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Event:
+        row = {"time": 0.0, "event": kind, "trial": trial, "message": message, **data}
         with self._lock:
             ev = Event(next(self._seq), time.time(), kind, trial, message, data)
+            row["time"] = ev.time
             self._tail.append(ev)
             listeners = list(self._listeners)
-        self._writer.write({"time": ev.time, "event": kind, "trial": trial, "message": message, **data})
+            writer = self._writer
+            if writer is None:
+                self._unwritten.append(row)
+        if writer is not None:
+            writer.write(row)
         for fn in listeners:
             try:
                 fn(ev)  # listeners must not block: the UI's posts a message, headless prints
@@ -70,4 +105,5 @@ class EventLog:
         return unsubscribe
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -22,6 +22,10 @@ class JsonlWriter:
                 self._f.write(line + "\n")
                 self._f.flush()
 
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
     def close(self) -> None:
         with self._lock:
             self._f.close()

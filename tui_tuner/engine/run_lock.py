@@ -6,23 +6,23 @@ import fcntl
 import os
 from pathlib import Path
 
-LOCK_FILE = ".lock"
-
 
 class RunDirLockedError(ValueError):
     """Another live process holds the run directory (a ValueError: the CLI prints user errors in one line)."""
 
 
 class RunDirLock:
-    """flock(2) on `<run_dir>/.lock`: the kernel drops it when the holder dies, even by SIGKILL, so a crashed
+    """flock(2) on the run dir's lock file: the kernel drops it when the holder dies, even by SIGKILL, so a crashed
     run can be resumed at once while a live one cannot be resumed twice."""
 
     def __init__(self, fd: int):
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> RunDirLock:
-        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    def acquire(cls, path: Path) -> RunDirLock:
+        """Lock `path` (RunDir.lock) or raise RunDirLockedError naming the holder's pid."""
+        run_dir = path.parent
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Trial states as clients see them; Optuna's plus "paused", and "waiting" for queued trials.
-STATES = ("waiting", "running", "paused", "complete", "pruned", "fail")
+from tui_tuner.engine.lifecycle import ACTIVE, TrialState
+
+STATES = tuple(TrialState)  # every state a client can see, in lifecycle order (counts have a key for each)
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class CheckpointView:
 @dataclass(frozen=True)
 class TrialSnapshot:
     number: int
-    state: str
+    state: TrialState
     step: int
     total_steps: int | None
     params: dict[str, Any]  # the searched params (what Optuna records)
@@ -48,12 +49,7 @@ class TrialSnapshot:
 
     @property
     def active(self) -> bool:
-        return self.state in ("running", "paused")
-
-    @property
-    def display_state(self) -> str:
-        """The state as a word for people: a pruned trial the user killed reads "killed"."""
-        return "killed" if self.state == "pruned" and self.stopped_by_user else self.state
+        return self.state in ACTIVE
 
 
 @dataclass(frozen=True)
@@ -71,3 +67,5 @@ class SweepSnapshot:
     best_trial: int | None = None
     best_value: float | None = None
     halted: str | None = None  # why no more trials can start (the sampler failed)
+    phase: str = "running"  # loading | running | finished | stopping | stopped
+    loading: str | None = None  # what start() is loading now ("loading model ..."), while phase is "loading"

@@ -260,7 +260,7 @@ class TuiTunerApp(App[int]):
         """Say at once why a finished or queued trial cannot be paused or killed (no confirm first)."""
         if t.active:
             return False
-        self.notify(f"cannot {what} trial #{t.number}: it is {t.display_state}", severity="warning")
+        self.notify(f"cannot {what} trial #{t.number}: it is {t.state}", severity="warning")
         return True
 
     def action_pause_resume(self) -> None:
@@ -268,7 +268,7 @@ class TuiTunerApp(App[int]):
         if t is None or self._refuse_inactive(t, "pause"):
             return
         if t.pause_requested:  # a toggle of what was asked, even before the trial reached its step boundary
-            self._command(lambda: self.source.resume(t.number), f"trial #{t.number} resumed")
+            self._command(lambda: self.source.resume_trial(t.number), f"trial #{t.number} resumed")
         else:
             self._command(lambda: self.source.pause(t.number), f"trial #{t.number} paused")
 

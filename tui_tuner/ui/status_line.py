@@ -28,8 +28,8 @@ def status_text(snap: SweepSnapshot) -> Text:
     t.append(f"  best {best}\n", style="bold green" if snap.best_trial is not None else "")
     t.append(f" {started} trials, budget {snap.n_trials}: ")
     for label, key in (("done", "complete"), ("run", "running"), ("paused", "paused"), ("queued", "waiting"),
-                       ("pruned", "pruned"), ("failed", "fail")):
-        t.append(f"{label} {c.get(key, 0)}  ", style="bold red" if key == "fail" and c.get(key) else "")
+                       ("pruned", "pruned"), ("failed", "failed")):
+        t.append(f"{label} {c.get(key, 0)}  ", style="bold red" if key == "failed" and c.get(key) else "")
     return t
 
 

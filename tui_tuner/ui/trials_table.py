@@ -12,7 +12,8 @@ from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cyan", "pruned": "magenta",
-               "fail": "bold red", "waiting": "dim"}
+               "failed": "bold red", "waiting": "dim", "killed": "magenta", "interrupted": "yellow",
+               "starting": "green", "cancelled": "dim"}
 
 # key, label, width (None: auto)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
@@ -37,7 +38,7 @@ SORTS: tuple[tuple[str, str, Callable[[TrialSnapshot], Any], bool], ...] = (
 
 
 def trial_cells(t: TrialSnapshot) -> tuple[Any, ...]:
-    state = "killed" if t.state == "pruned" and t.stopped_by_user else t.state
+    state = t.state
     step = f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
     parent = f"#{t.parent}@{t.fork_step}" if t.parent is not None else ""
     params = fmt_params({**t.params, **t.overrides})

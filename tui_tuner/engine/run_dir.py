@@ -1,0 +1,99 @@
+"""Every path of a run directory, and the small files in it the engine reads back (sweep.json)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SWEEP_FILE = "sweep.json"
+PRESET_FILE = "preset.toml"
+EVENTS_FILE = "events.jsonl"
+JOURNAL_FILE = "optuna.journal"
+LOCK_FILE = ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be used as one (one line, naming the path)."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of `<run_dir>`; the one place that knows file names (README: "The run directory")."""
+
+    root: Path
+
+    @property
+    def preset(self) -> Path:
+        return self.root / PRESET_FILE
+
+    @property
+    def meta(self) -> Path:
+        return self.root / SWEEP_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.root / EVENTS_FILE
+
+    @property
+    def journal(self) -> Path:
+        return self.root / JOURNAL_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    def trial(self, n: int) -> Path:
+        return self.trials / str(n)
+
+    def metrics(self, n: int) -> Path:
+        return self.trial(n) / "metrics.jsonl"
+
+    def error_log(self, n: int) -> Path:
+        return self.trial(n) / "error.log"
+
+    def is_run(self) -> bool:
+        return self.meta.is_file() and self.preset.is_file()
+
+    def write_meta(self, storage: str | None) -> None:
+        self.meta.write_text(json.dumps({"storage": storage, "created": time.time()}))
+
+    def read_meta(self) -> dict[str, Any]:
+        if not self.is_run():
+            raise RunDirError(f"{self.root}: not a tui-tuner run directory (no {SWEEP_FILE} / {PRESET_FILE})")
+        try:
+            meta = json.loads(self.meta.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.meta}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise RunDirError(f"{self.meta}: expected a JSON object")
+        return meta
+
+    def relative(self, path: Path | str) -> str:
+        """A path inside the run dir as stored in the study: relative, so a moved or copied run dir still works."""
+        p = Path(path)
+        try:
+            return str(p.resolve().relative_to(self.root.resolve()))
+        except ValueError:
+            return str(p)
+
+    def resolve(self, stored: str | None) -> Path | None:
+        """Back from what `relative` stored; an absolute path written by 0.1.0 is mapped into this run dir by its
+        `trials/<n>/checkpoints/step-<k>` tail when the original place is gone (the run dir was moved)."""
+        if not stored:
+            return None
+        p = Path(stored)
+        if not p.is_absolute():
+            return self.root / p
+        if p.exists():
+            return p
+        parts = p.parts
+        if len(parts) >= 4 and parts[-4] == "trials" and parts[-2] == "checkpoints":
+            return self.root.joinpath(*parts[-4:])
+        return p

@@ -1,0 +1,257 @@
+"""The scheduler: one thread that drains one command queue and decides which trial runs when (slots, queued
+resumes, interrupted trials first, then enqueued ones, then the sampler's proposals within the budget)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+from optuna.trial import TrialState as OptunaState
+from pydantic import ValidationError
+
+from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
+from tui_tuner.engine.lifecycle import TrialState as S
+from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StudyGateway
+from tui_tuner.engine.trial import TrialRegistry, TrialRun
+from tui_tuner.format import error_line
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import Preset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Command:
+    """What reaches the scheduler: `kind` is wake | concurrency | resume | unqueue | cancel | stop."""
+
+    kind: str
+    trial: int | None = None
+    value: int | None = None
+
+
+WAKE = Command("wake")
+
+
+class SchedulerHost(Protocol):
+    preset: Preset
+    gateway: StudyGateway
+    lifecycle: Lifecycle
+    registry: TrialRegistry
+
+    def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Any: ...
+    def prepare_asked(self, trial: optuna.Trial, attrs: dict[str, Any], params: TrialParams) -> TrialRun: ...
+    def launch(self, run: TrialRun) -> None: ...
+
+
+class Scheduler:
+    """Only its own thread changes its fields (`concurrency`, `sampled`, the queues), as in Ray Tune's single
+    controller loop; other threads send Commands and read those fields (plain attribute reads). Every state move
+    of a trial sends WAKE (Lifecycle's `wake`), so nothing waits on a polling timeout."""
+
+    def __init__(self, host: SchedulerHost, concurrency: int):
+        self.host = host
+        self.concurrency = concurrency
+        self.requested_concurrency = concurrency  # what clients see at once, before the thread applies it
+        self.sampled = 0  # sampler-proposed trials so far: study.n_trials is their budget
+        self.halted: str | None = None  # why no more trials can start (the sampler broke); running ones go on
+        self.finished = threading.Event()  # budget spent and nothing running (cleared when new work arrives)
+        self.finished_at: float | None = None
+        self.started_at = time.time()
+        self._relaunch: list[TrialRun] = []  # interrupted trials to continue, first in line
+        self._resume_pending: list[int] = []  # resumes waiting for a slot (paused_frees_slot)
+        self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    # -- any thread ----------------------------------------------------------------------------
+    def send(self, cmd: Command) -> None:
+        if cmd.kind == "concurrency" and cmd.value is not None:
+            self.requested_concurrency = cmd.value
+        self._q.put(cmd)
+
+    def wake(self) -> None:
+        self._q.put(WAKE)
+
+    def start(self, relaunch: list[TrialRun]) -> None:
+        self._relaunch = list(relaunch)
+        self.started_at = time.time()
+        self._q.put(WAKE)  # the first look at the slots
+        self._thread = threading.Thread(target=self._loop, name="tui-tuner-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """No trial starts after this returns (one being asked for right now is launched first, then stopped)."""
+        self._stopped = True
+        self._q.put(Command("stop"))
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def mark_finished(self, done: bool) -> None:
+        """Elapsed time stops at the finish and runs again if a new trial reopens the sweep."""
+        if done:
+            self.finished_at = self.finished_at or time.time()
+            self.finished.set()
+        else:
+            self.finished_at = None
+            self.finished.clear()
+
+    # -- the scheduler thread ------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            try:
+                cmd = self._q.get(timeout=self._time_left())
+            except queue.Empty:  # the study's timeout just ran out: the budget is spent
+                cmd = WAKE
+            cmds = [cmd]
+            while not self._q.empty():
+                cmds.append(self._q.get_nowait())
+            if any(c.kind == "stop" for c in cmds):
+                return
+            try:
+                for c in cmds:
+                    self._apply(c)
+                self._fill_slots()
+                self._check_finished()
+            except Exception as e:  # the sampler or the storage broke: start no more trials; never die silently
+                self._halt(e)
+
+    def _time_left(self) -> float | None:
+        t = self.host.preset.study.timeout
+        left = None if t is None else self.started_at + t - time.time()
+        if left is None or left <= 0 or self.sampled >= self.host.preset.study.n_trials:
+            return None  # nothing to wait for but commands
+        return left + 0.01
+
+    def _apply(self, c: Command) -> None:
+        h = self.host
+        if c.kind == "concurrency" and c.value is not None:
+            self.concurrency = c.value
+            h.gateway.set_study_attr(CONCURRENCY_ATTR, c.value)
+            h.emit("concurrency", None, f"concurrency set to {c.value}", concurrency=c.value)
+        elif c.kind == "resume" and c.trial is not None:
+            self._resume(c.trial)
+        elif c.kind == "unqueue" and c.trial in self._resume_pending:
+            self._resume_pending.remove(c.trial)
+        elif c.kind == "cancel" and c.trial is not None:
+            self._cancel(c.trial)
+
+    def must_wait_for_slot(self, run: TrialRun) -> bool:
+        """A resume of `run` now would exceed the concurrency: paused trials free their slot and it is paused
+        for real (a pause its thread has not reached yet still holds the slot) while every slot is taken."""
+        return (self.host.preset.study.paused_frees_slot and run.control.paused and run.state is S.PAUSED
+                and self._occupied() >= self.concurrency)
+
+    def _resume(self, n: int) -> None:
+        run = self.host.registry.get(n)
+        if run is None or not run.active:
+            return
+        if not self.must_wait_for_slot(run):
+            run.control.resume()
+        elif n not in self._resume_pending:
+            self._resume_pending.append(n)
+            self.host.emit("resume_queued", n, f"trial {n} resumes when a slot frees (concurrency {self.concurrency})")
+
+    def _cancel(self, n: int) -> None:
+        h = self.host
+        run = h.registry.get(n)
+        if run is None:
+            return
+        if run.state is S.WAITING:
+            h.gateway.cancel_waiting(n)
+            run.user_attrs["cancelled_by_user"] = True
+            h.lifecycle.move(run, S.CANCELLED, f"trial {n} cancelled by the user before it ran")
+        elif run.active:  # it started between the request and now: the user's intent was to end it
+            h.emit("kill_requested", n, f"kill of trial {n} requested at step {run.step}")
+            run.control.kill()
+
+    def _occupied(self) -> int:
+        free_paused = self.host.preset.study.paused_frees_slot
+        with self.host.registry.lock:
+            # A paused trial told to resume holds its slot from the request on, before its thread wakes.
+            return sum(1 for r in self.host.registry.all()
+                       if r.state in (S.STARTING, S.RUNNING)
+                       or (r.state is S.PAUSED and (not free_paused or not r.control.paused)))
+
+    def _budget_left(self) -> bool:
+        s = self.host.preset.study
+        timed_out = s.timeout is not None and time.time() - self.started_at > s.timeout
+        return self.sampled < s.n_trials and not timed_out
+
+    def _queued(self) -> bool:
+        return any(r.state is S.WAITING for r in self.host.registry.all())
+
+    def _can_start_more(self) -> bool:
+        return self.halted is None and (self._queued() or self._budget_left())
+
+    def _fill_slots(self) -> None:
+        free_paused = self.host.preset.study.paused_frees_slot
+        while not self._stopped:
+            room = self._occupied() < self.concurrency
+            if room and self._resume_pending:
+                run = self.host.registry.get(self._resume_pending.pop(0))
+                if run is not None and run.active:
+                    run.control.resume()
+                continue
+            if self._relaunch and (room or (free_paused and self._relaunch[0].control.paused)):
+                self.mark_finished(False)
+                self.host.launch(self._relaunch.pop(0))
+                continue
+            if room and self._can_start_more():
+                self.mark_finished(False)
+                self._start_next()
+                continue
+            return
+
+    def _check_finished(self) -> None:
+        runs = self.host.registry.all()
+        busy = any(r.state in ACTIVE or (r.thread is not None and not r.reaped) for r in runs)
+        if busy or self._relaunch or self._can_start_more() or self.finished.is_set():
+            return
+        self.mark_finished(True)
+        why = f"halted: {self.halted}" if self.halted else "budget spent"
+        self.host.emit("sweep_finished", None, f"sweep finished: {why}")
+
+    def _start_next(self) -> None:
+        """Ask Optuna (enqueued WAITING trials come first) and launch the trial."""
+        h = self.host
+        trial, attrs = h.gateway.ask()
+        if attrs["origin"] == "sampler":
+            self.sampled += 1
+        try:
+            params = h.gateway.suggest(trial, attrs.get("overrides", {}))
+        except (ValidationError, ValueError) as e:
+            self._fail_invalid(trial, attrs, e)
+            return
+        h.launch(h.prepare_asked(trial, attrs, params))
+
+    def _fail_invalid(self, trial: optuna.Trial, attrs: dict[str, Any], e: Exception) -> None:
+        h, msg = self.host, f"invalid params: {error_line(e)}"
+        h.gateway.set_attrs(trial, {"error": msg})
+        h.gateway.tell(trial, OptunaState.FAIL)
+        run = h.registry.get(trial.number)
+        if run is not None and run.state is S.WAITING:
+            run.error = msg
+            h.lifecycle.move(run, S.FAILED, f"trial {trial.number} failed: {msg}")
+        else:
+            h.emit("failed", trial.number, f"trial {trial.number} failed: {msg}")
+
+    def _halt(self, e: Exception) -> None:
+        """Starting a trial failed outside any trial (e.g. the sampler): fail the trial the ask had created, if
+        any, and start no more; running trials finish. Must not raise: this thread calls it."""
+        msg = error_line(e)
+        self.halted = msg
+        number = self.host.gateway.fail_asked(msg)
+        run = self.host.registry.get(number) if number is not None else None
+        try:
+            if run is not None and run.state is S.WAITING:
+                run.error = msg
+                self.host.lifecycle.move(run, S.FAILED, f"trial {number} failed: {msg}")
+            self.host.emit("sweep_halted", None, f"sweep cannot start more trials: {msg}", error=msg)
+            self._check_finished()
+        except Exception:
+            log.warning("sweep halted: %s", msg)

@@ -1,0 +1,199 @@
+"""The study gateway: every Optuna call the engine makes, under one lock, and the user-attr schema it writes.
+
+User attrs of a trial (the engine's record in the study; `export`, optuna-dashboard and `resume` read them):
+
+| attr | set when | meaning |
+|---|---|---|
+| origin | asked | "sampler", "enqueue" or "fork" |
+| by_user | enqueued / forked | the user asked for it: exempt from pruning unless study.prune_user_trials |
+| parent_trial, fork_step, fork_checkpoint | forked | lineage; the checkpoint path is relative to the run dir |
+| overrides | enqueued / forked | fixed (non-searched) params changed for this trial only |
+| stopped_by_user, stopped_at_step | killed | Optuna PRUNED by the user |
+| pruned_at_step | pruned | Optuna PRUNED by the pruner |
+| error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
+| cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |
+| | | trial that never ran teaches them nothing; PRUNED would read as "a bad configuration") |
+| interrupted_at_step, interrupted_checkpoint | interrupted | a sweep stop ended it; it stays RUNNING in Optuna |
+| | | (never told, so the sampler never learns from an interruption) and `resume` continues it |
+| paused | paused / resumed | True while paused: a resume brings it back paused |
+| continues, interrupted_before_start | (0.1.0 only) | a stop told PRUNED then; resume continued it as a fork |
+
+Study user attrs: `concurrency` (the live value, restored by resume).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+from optuna.trial import TrialState as OptunaState
+
+from tui_tuner.engine.lifecycle import TrialState
+from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
+from tui_tuner.format import error_line
+from tui_tuner.params import TrialParams
+from tui_tuner.preset import Preset
+
+log = logging.getLogger(__name__)
+
+CONCURRENCY_ATTR = "concurrency"
+
+
+def state_of(t: FrozenTrial) -> TrialState:
+    """The engine's state of a stored trial (as a dead run left it: a RUNNING trial is interrupted, by a stop or
+    a crash). Clients of a live sweep read the engine's own state instead."""
+    a = t.user_attrs
+    match t.state:
+        case OptunaState.WAITING:
+            return TrialState.WAITING
+        case OptunaState.RUNNING:
+            return TrialState.INTERRUPTED
+        case OptunaState.COMPLETE:
+            return TrialState.COMPLETE
+        case OptunaState.PRUNED:
+            if a.get("stopped_by_user"):
+                return TrialState.KILLED
+            return TrialState.INTERRUPTED if "interrupted_at_step" in a else TrialState.PRUNED  # 0.1.0's stop
+        case _:
+            return TrialState.CANCELLED if a.get("cancelled_by_user") else TrialState.FAILED
+
+
+def by_user(attrs: dict[str, Any]) -> bool:
+    """Runs made before the attr existed: enqueued and forked trials were the user's."""
+    return bool(attrs.get("by_user", attrs.get("origin") in ("enqueue", "fork")))
+
+
+class StudyGateway:
+    """Owns the optuna.Study. `lock` (an RLock) serialises every call into it: trial objects and samplers are
+    not thread-safe, and a sampler's ask must see the tells before it. Lock order: this lock, then the registry
+    lock; never the other way round."""
+
+    def __init__(self, preset: Preset, journal: Path, storage_url: str | None):
+        self.preset = preset
+        self.lock = threading.RLock()
+        self._journal = journal
+        self._url = storage_url
+        self._storage: optuna.storages.BaseStorage | None = None
+        self._asking: tuple[int, int] | None = None  # (number, trial id) of the trial an ask is creating
+        self.study: optuna.Study
+
+    def connect(self) -> None:
+        """Open the storage only (a bad --storage URL fails here, before the run dir is written)."""
+        if self._url:
+            self._storage = make_storage(self._journal.parent, self._url)
+
+    def open(self, max_resource: int) -> None:
+        with self.lock:
+            storage = self._storage or make_storage(self._journal.parent, None)
+            self.study = optuna.create_study(
+                study_name=self.preset.study_name, storage=storage, sampler=self._track_asks(make_sampler(self.preset)),
+                pruner=make_pruner(self.preset, max_resource), direction="minimize", load_if_exists=True)
+            offset = len(self.study.get_trials(deepcopy=False))
+            if offset:
+                # A resumed sweep must not replay the proposals its seed made before.
+                self.study.sampler = self._track_asks(make_sampler(self.preset, seed_offset=offset))
+
+    @property
+    def storage(self) -> optuna.storages.BaseStorage:
+        return self.study._storage
+
+    # -- reads ---------------------------------------------------------------------------------
+    def trials(self) -> list[FrozenTrial]:
+        with self.lock:
+            return self.study.get_trials(deepcopy=False)
+
+    def study_attr(self, key: str) -> Any:
+        with self.lock:
+            return self.study.user_attrs.get(key)
+
+    def handle(self, t: FrozenTrial) -> optuna.Trial:
+        """A live trial object for a stored RUNNING trial (an interrupted one being continued)."""
+        return optuna.Trial(self.study, t._trial_id)
+
+    # -- the scheduler's calls -----------------------------------------------------------------
+    def ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
+        """The next trial: an enqueued WAITING one first, else a sampler proposal; with its user attrs."""
+        with self.lock:
+            self._asking = None  # set by the sampler's before_trial hook once the trial exists
+            trial = self.study.ask()
+            attrs = dict(trial.user_attrs)
+            if "origin" not in attrs:
+                attrs["origin"] = "sampler"
+                trial.set_user_attr("origin", "sampler")
+            self._asking = None
+            return trial, attrs
+
+    def suggest(self, trial: optuna.Trial, overrides: dict[str, Any]) -> TrialParams:
+        with self.lock:
+            return suggest_params(trial, self.preset, overrides)
+
+    def enqueue(self, searched: dict[str, Any], attrs: dict[str, Any]) -> FrozenTrial:
+        """Add a WAITING trial; the caller holds `lock` around this and whatever must happen before an ask can
+        pop it (its checkpoint moved in place, its record registered)."""
+        with self.lock:
+            self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
+            return self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))[-1]
+
+    def cancel_waiting(self, t: FrozenTrial | int) -> None:
+        """Mark a queued trial FAIL with cancelled_by_user (Optuna's tell refuses WAITING trials; the storage does
+        not, and only the scheduler thread asks, so no ask can pop it meanwhile)."""
+        with self.lock:
+            tid = t._trial_id if isinstance(t, FrozenTrial) else self.study.trials[t]._trial_id
+            self.storage.set_trial_user_attr(tid, "cancelled_by_user", True)
+            self.storage.set_trial_state_values(tid, OptunaState.FAIL)
+
+    def fail_asked(self, msg: str) -> int | None:
+        """The ask failed (the sampler broke): fail exactly the trial it had created, if any; its number."""
+        asked, self._asking = self._asking, None
+        if asked is None:
+            return None
+        number, trial_id = asked
+        try:
+            with self.lock:
+                # The storage, not optuna.Trial: building a Trial would run the failing sampler again.
+                self.storage.set_trial_user_attr(trial_id, "error", msg)
+                self.study.tell(number, state=OptunaState.FAIL, skip_if_finished=True)
+        except Exception as e:  # the storage itself is broken: the halt still has to happen
+            log.warning("could not mark trial %s failed after: %s (%s)", number, msg, error_line(e))
+        return number
+
+    def set_study_attr(self, key: str, value: Any) -> None:
+        with self.lock:
+            self.study.set_user_attr(key, value)
+
+    # -- a trial thread's calls ----------------------------------------------------------------
+    def report(self, trial: optuna.Trial, value: float, step: int) -> None:
+        with self.lock:
+            trial.report(value, step)
+
+    def should_prune(self, trial: optuna.Trial) -> bool:
+        with self.lock:
+            return trial.should_prune()
+
+    def set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        with self.lock:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+
+    def tell(self, trial: optuna.Trial, state: OptunaState, value: float | None = None) -> None:
+        with self.lock:
+            if state == OptunaState.COMPLETE:
+                self.study.tell(trial, value, skip_if_finished=True)
+            else:
+                self.study.tell(trial, state=state, skip_if_finished=True)
+
+    def _track_asks(self, sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
+        """Record which trial an ask created (Optuna calls before_trial as soon as it exists), so a failing ask
+        fails exactly that trial: with a shared --storage, other RUNNING trials may be another process's."""
+        real = sampler.before_trial
+
+        def before_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+            self._asking = (trial.number, trial._trial_id)
+            real(study, trial)
+
+        sampler.before_trial = before_trial  # type: ignore[method-assign]
+        return sampler
