@@ -104,7 +104,7 @@ def latency(p: Preset, run_dir: Path) -> tuple[float, float, float]:
     at_call = sweep.trial(0).step
     t0 = time.perf_counter()
     sweep.kill(0)
-    while sweep.trial(0).state != "pruned":
+    while sweep.trial(0).state != "killed":
         time.sleep(0.0005)
     kill_s = time.perf_counter() - t0
     steps_after_kill = sweep.trial(0).step - at_call
@@ -140,7 +140,7 @@ def main() -> None:
     print(f"engine work between steps (same run): median {bk * 1e3:.3f} ms = {bk / e:.2%} of a step"
           f"   -> ratio {e / (e - bk):.3f}")
     print(f"pause latency: {pause_s * 1e3:.1f} ms = {pause_s / per_step:.2f} steps   goal <= 1 step")
-    print(f"kill: {steps_after_kill} step(s) ran after the call (goal <= 1); PRUNED in Optuna after"
+    print(f"kill: {steps_after_kill} step(s) ran after the call (goal <= 1); killed (PRUNED in Optuna) after"
           f" {kill_s * 1e3:.1f} ms = {kill_s / per_step:.2f} steps (includes the eval reported at the kill step)")
 
 
