@@ -42,34 +42,53 @@ def detach_terminal() -> None:
             os.close(null)
 
 
+def _hung_up() -> None:
+    """First thing on SIGHUP, inside the handler: leave the dead terminal before anything writes to it."""
+    detach_terminal()
+    # The kernel sends SIGCONT with the hangup, and Textual's SIGCONT handler redraws the whole screen, from
+    # inside a signal handler, into a queue the main thread may be holding: it can deadlock the app.
+    signal.signal(signal.SIGCONT, signal.SIG_DFL)
+    # One hangup per terminal, however many SIGHUPs (tmux and the kernel both send one): a repeat is not the
+    # "second signal" that forces an exit.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     if signum == signal.SIGHUP:
-        detach_terminal()
+        _hung_up()
     raise StopSignal(signum)
 
 
 def raise_on_stop_signals() -> None:
     """SIGTERM / SIGHUP raise StopSignal in the main thread (headless, loading, and the stop after the app)."""
     for sig in STOP_SIGNALS:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+            continue  # hung up already, or started under nohup: it stays ignored
         signal.signal(sig, _raise_stop)
 
 
-def on_stop_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> Callable[[], None]:
-    """While an asyncio loop runs (the app), deliver SIGTERM / SIGHUP to `handler(signum)` on the loop instead of
-    raising inside it; returns the function that puts the raising handlers back."""
+_missed: list[int] = []  # signals that came after the app's loop closed, for run_app to act on
 
-    def deliver(signum: int) -> None:
-        if signum == signal.SIGHUP:  # first, before anything else tries to draw on the dead terminal
-            detach_terminal()
-        handler(signum)
+
+def on_stop_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> None:
+    """While an asyncio loop runs (the app), deliver SIGTERM / SIGHUP to `handler(signum)` on the loop instead of
+    raising inside it. Until `raise_on_stop_signals()` re-arms them, a signal after the loop closed is kept for
+    `missed_signals()` (raising in the middle of Textual's shutdown could leave its locks held)."""
+
+    def deliver(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            _hung_up()
+        try:
+            loop.call_soon_threadsafe(handler, signum)
+        except RuntimeError:  # the loop is closed
+            _missed.append(signum)
 
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, deliver, sig)
+        signal.signal(sig, deliver)
 
-    def restore() -> None:
-        for sig in STOP_SIGNALS:
-            with contextlib.suppress(Exception):  # the loop may be closing
-                loop.remove_signal_handler(sig)
-        raise_on_stop_signals()
 
-    return restore
+def missed_signals() -> list[int]:
+    """The stop signals `on_stop_signals` could no longer deliver (and forget them)."""
+    out = list(_missed)
+    _missed.clear()
+    return out

@@ -22,7 +22,7 @@ from textual.widgets import DataTable, Footer, Tab, Tabs
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
-from tui_tuner.signals import exit_code, on_stop_signals
+from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, editable_params
@@ -77,7 +77,6 @@ class TuiTunerApp(App[int]):
             self.loaded.set()
         self.load_error: BaseException | None = None
         self._signals = signals  # handle SIGTERM / SIGHUP (the real app; not tests running in pytest's process)
-        self._restore_signals: Callable[[], None] | None = None
         self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
         self.log_y = False
         self.panel = "loss"
@@ -106,7 +105,7 @@ class TuiTunerApp(App[int]):
             self.query_one(f"#panel-{name}").border_title = title
         self._accepting = True
         if self._signals:
-            self._restore_signals = on_stop_signals(asyncio.get_running_loop(), self.stop_by_signal)
+            on_stop_signals(asyncio.get_running_loop(), self.stop_by_signal)
         self._unsubscribe = self.source.subscribe(self._engine_callback)
         self.snap = self.source.snapshot()
         # Subscribed first, then the backfill: an event in both is shown once (the panel drops repeats).
@@ -151,9 +150,6 @@ class TuiTunerApp(App[int]):
 
     def on_unmount(self) -> None:
         self.detach()
-        if self._restore_signals is not None:
-            self._restore_signals()
-            self._restore_signals = None
 
     # -- loading -------------------------------------------------------------------------------
     def _start_loading(self) -> None:
@@ -437,7 +433,8 @@ class TuiTunerApp(App[int]):
         """SIGTERM / SIGHUP, delivered on the UI loop: the first stops gracefully, a second one exits at once."""
         if self.stop_signal is None:
             self.stop_signal = signum
-            self.begin_stop()
+            if self.is_running:  # else run_app is already stopping the sweep
+                self.begin_stop()
             return
         from tui_tuner.headless import force_exit
 
@@ -479,8 +476,11 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
     try:
         code = app.run()
     finally:
+        raise_on_stop_signals()  # the loop is gone: a signal during the stop below interrupts it (force exit)
         app.detach()
         sampler.stop()
+        for signum in missed_signals():  # came while the app was closing
+            app.stop_by_signal(signum)
         try:
             app.loaded.wait()  # a quit while loading: start() must have returned before stop() can stop it
             was_finished = sweep.finished
