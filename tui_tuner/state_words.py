@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# (label, states counted, always shown): the common ones always, so the line does not jump about; the rarer ones
-# only when some trial is in them, so the counts still fit 80 columns. "run" includes trials still starting:
-# a start lasts a moment, and the table names each one.
+# (label, states counted, always shown): the ones people watch for always, so the line does not jump about;
+# the others only when some trial is in them, so the counts fit 80 columns. "run" includes trials still
+# starting: a start lasts a moment, and the table names each one.
 COUNT_WORDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("done", ("complete",), True),
     ("run", ("running", "starting"), True),
-    ("paused", ("paused",), True),
+    ("paused", ("paused",), False),
     ("queued", ("waiting",), True),
     ("interrupted", ("interrupted",), False),
-    ("pruned", ("pruned",), True),
+    ("pruned", ("pruned",), False),
     ("killed", ("killed",), False),
     ("failed", ("failed",), True),
     ("cancelled", ("cancelled",), False),
