@@ -7,8 +7,15 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
+from tui_tuner.signals import StopSignal, exit_code, raise_on_stop_signals
+
+# Heavy modules (pydantic, optuna, textual, torch) are imported inside the commands that need them: `--help`
+# and the app's first paint must not wait for them (a test checks what `import tui_tuner.cli` pulls in).
+if TYPE_CHECKING:
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.preset import Preset
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
@@ -47,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     # transformers' deprecation chatter is for library authors, not for someone watching a sweep.
     warnings.filterwarnings("ignore", category=FutureWarning)
     args = _parser().parse_args(argv)
+    raise_on_stop_signals()  # SIGTERM / SIGHUP stop like Ctrl-C, from here on (loading a model included)
     try:
         return _dispatch(args)
     except (ValueError, OSError) as e:
@@ -55,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in _error_lines(e):
             print(f"tui-tuner: error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # before the sweep started (loading a model, tokenising): nothing to stop yet
-        print("tui-tuner: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as e:  # before the sweep started (loading a model, tokenising): nothing to stop yet
+        print("tui-tuner: interrupted" if not isinstance(e, StopSignal) else f"tui-tuner: {e}", file=sys.stderr)
+        return exit_code(e)
 
 
 def _error_lines(e: BaseException) -> list[str]:
@@ -76,33 +84,38 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(export_run(Path(args.run_dir), Path(args.out) if args.out else None))
         return 0
-    from tui_tuner.engine.sweep import Sweep
-
-    if args.cmd == "resume":
-        sweep = Sweep.open(args.run_dir, n_trials=args.n_trials)
-        headless = args.headless
-    else:
-        path = resolve_preset_path(args.preset)
-        preset = Preset.load(path, args.overrides)
-        if args.n_trials is not None:
-            preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
-        if args.dry_run:
-            check_data_files(preset)
-            print(dry_run(preset))
-            return 0
-        run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
-        if (run_dir / "sweep.json").exists():
-            raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
-        sweep = Sweep(preset, run_dir, storage=args.storage)
-        headless = args.headless
-    sweep.start()
-    if headless or not sys.stdout.isatty() or os.environ.get("TUI_TUNER_HEADLESS"):
+    sweep = _open_sweep(args)
+    if sweep is None:  # --dry-run: printed, nothing to run
+        return 0
+    if args.headless or not sys.stdout.isatty() or os.environ.get("TUI_TUNER_HEADLESS"):
         from tui_tuner.headless import run_headless
 
+        sweep.start()
         return run_headless(sweep)
     from tui_tuner.ui.app import run_app
 
-    return run_app(sweep)
+    return run_app(sweep, start=True)  # the app paints first; the model and data load behind it
+
+
+def _open_sweep(args: argparse.Namespace) -> Sweep | None:
+    """The sweep `run` or `resume` asks for, not started yet; None after a dry run."""
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.preset import Preset, PresetError, resolve_preset_path
+
+    if args.cmd == "resume":
+        return Sweep.open(args.run_dir, n_trials=args.n_trials)
+    path = resolve_preset_path(args.preset)
+    preset = Preset.load(path, args.overrides)
+    if args.n_trials is not None:
+        preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
+    if args.dry_run:
+        check_data_files(preset)
+        print(dry_run(preset))
+        return None
+    run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
+    if (run_dir / "sweep.json").exists():
+        raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
+    return Sweep(preset, run_dir, storage=args.storage)
 
 
 def check_data_files(preset: Preset) -> None:
@@ -135,6 +148,8 @@ def dry_run(preset: Preset) -> str:
 
 
 def _presets(action: str, name: str | None) -> int:
+    from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
+
     if action == "show":
         if not name:
             raise PresetError("presets show: which preset? (tui-tuner presets lists them)")

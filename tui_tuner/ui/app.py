@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,12 +22,13 @@ from textual.widgets import DataTable, Footer, Tab, Tabs
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
+from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, editable_params
 from tui_tuner.ui.event_log import EventLogPanel
 from tui_tuner.ui.help import HelpScreen
-from tui_tuner.ui.messages import CommandDone, EngineEvent
+from tui_tuner.ui.messages import CommandDone, EngineEvent, SweepLoaded
 from tui_tuner.ui.source import SweepSource, SystemSource
 from tui_tuner.ui.status_line import StatusLine
 from tui_tuner.ui.system_panel import SystemPanel
@@ -60,12 +63,21 @@ class TuiTunerApp(App[int]):
     ]
 
     def __init__(self, source: SweepSource, system: SystemSource | None = None, refresh_s: float = 0.5,
-                 live: bool = True) -> None:
+                 live: bool = True, load: Callable[[], object] | None = None, signals: bool = False) -> None:
         super().__init__()
         self.source = source
         self.system = system
         self.refresh_s = refresh_s
         self.live = live  # False: no timer (snapshot tests and benchmarks drive refresh_view themselves)
+        # `load` (the sweep's start()) runs on a thread once the first screen is painted, so the terminal shows
+        # the study and what is loading instead of staying blank for the seconds a model takes.
+        self._load = load
+        self.loaded = threading.Event()
+        if load is None:
+            self.loaded.set()
+        self.load_error: BaseException | None = None
+        self._signals = signals  # handle SIGTERM / SIGHUP (the real app; not tests running in pytest's process)
+        self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
         self.log_y = False
         self.panel = "loss"
         self.snap: SweepSnapshot | None = None
@@ -78,7 +90,7 @@ class TuiTunerApp(App[int]):
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield StatusLine(id="status")
+        yield StatusLine(preset=self.source.preset.name, id="status")
         yield TrialsTable(id="trials")
         yield Tabs(*(Tab(p.capitalize() if p != "lr" else "LR", id=f"tab-{p}") for p in PANELS), id="panel-tabs")
         with Container(id="panels"):
@@ -92,17 +104,19 @@ class TuiTunerApp(App[int]):
         for name, title in zip(PANELS, ("Loss (l: log y)", "LR", "System", "Events"), strict=True):
             self.query_one(f"#panel-{name}").border_title = title
         self._accepting = True
+        if self._signals:
+            on_stop_signals(asyncio.get_running_loop(), self.stop_by_signal)
         self._unsubscribe = self.source.subscribe(self._engine_callback)
         self.snap = self.source.snapshot()
-        log = self.query_one(EventLogPanel)
-        log.started_at = self.snap.started_at
-        for ev in self.source.events_since(0):
-            log.add(ev)
+        # Subscribed first, then the backfill: an event in both is shown once (the panel drops repeats).
+        self.query_one(EventLogPanel).reload(self.source.events_since(0), self.snap.started_at)
         self._apply_size(self.size.width, self.size.height)
         self.query_one(TrialsTable).focus()
         self.refresh_view()
         if self.live:
             self.set_interval(self.refresh_s, self.refresh_view)
+        if self._load is not None:
+            self.call_after_refresh(self._start_loading)
 
     def on_resize(self, event: Resize) -> None:
         self._apply_size(event.size.width, event.size.height)
@@ -136,6 +150,36 @@ class TuiTunerApp(App[int]):
 
     def on_unmount(self) -> None:
         self.detach()
+
+    # -- loading -------------------------------------------------------------------------------
+    def _start_loading(self) -> None:
+        load = self._load
+        assert load is not None
+
+        def job() -> None:
+            try:
+                load()
+            except BaseException as e:  # re-raised by run_app once the app is gone: the CLI prints its one line
+                self.load_error = e
+            self.loaded.set()
+            if self._accepting:
+                with contextlib.suppress(RuntimeError):
+                    self.post_message(SweepLoaded())
+
+        # A plain thread, not a Textual worker: asyncio.run joins worker threads at exit, and quitting must
+        # not wait for a model to finish loading.
+        threading.Thread(target=job, name="tui-tuner-load", daemon=True).start()
+
+    @on(SweepLoaded)
+    def _sweep_loaded(self) -> None:
+        if self.load_error is not None:
+            self.exit(1)
+            return
+        with contextlib.suppress(NoMatches, ScreenStackError):
+            self.snap = self.source.snapshot()
+            # start() read a resumed run's earlier events and numbered them before this process's: start over.
+            self.query_one(EventLogPanel).reload(self.source.events_since(0), self.snap.started_at)
+            self.refresh_view()
 
     @on(EngineEvent)
     def _engine_event(self, message: EngineEvent) -> None:
@@ -246,7 +290,7 @@ class TuiTunerApp(App[int]):
     @on(CommandDone)
     def _command_done(self, message: CommandDone) -> None:
         if message.what == "stop":
-            self.exit(0)
+            self.exit(self.exit_code)
             return
         if message.error:
             self.notify(message.error, severity="error")
@@ -257,8 +301,9 @@ class TuiTunerApp(App[int]):
 
     # -- actions -------------------------------------------------------------------------------
     def _refuse_inactive(self, t: TrialSnapshot, what: str) -> bool:
-        """Say at once why a finished or queued trial cannot be paused or killed (no confirm first)."""
-        if t.active:
+        """Say at once why a trial cannot be paused or killed (no confirm first); a queued one can be killed,
+        which cancels it."""
+        if t.active or (what == "kill" and t.state == "waiting"):
             return False
         self.notify(f"cannot {what} trial #{t.number}: it is {t.state}", severity="warning")
         return True
@@ -275,13 +320,19 @@ class TuiTunerApp(App[int]):
     def action_kill(self) -> None:
         if self._debounced("kill") or (t := self.selected_trial()) is None or self._refuse_inactive(t, "kill"):
             return
+        queued = t.state == "waiting"  # killing a queued trial cancels it: it never runs
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._command(lambda: self.source.kill(t.number), f"trial #{t.number}: kill requested")
+                self._command(lambda: self.source.kill(t.number),
+                              f"trial #{t.number}: {'cancelled' if queued else 'kill requested'}")
 
-        self.push_screen(ConfirmScreen(f"Kill trial #{t.number} ({t.state}, step {t.step})?\n"
-                                       "Optuna records it PRUNED (stopped by user)."), answer)
+        if queued:
+            question = f"Cancel queued trial #{t.number}?\nIt never runs; Optuna records it FAIL (cancelled by user)."
+        else:
+            question = (f"Kill trial #{t.number} ({t.state}, step {t.step})?\n"
+                        "Optuna records it PRUNED (stopped by user).")
+        self.push_screen(ConfirmScreen(question), answer)
 
     def _values(self, t: TrialSnapshot | None) -> dict[str, Any]:
         values = self.source.preset.params.model_dump()
@@ -361,13 +412,39 @@ class TuiTunerApp(App[int]):
             return
 
         def answer(yes: bool | None) -> None:
-            if yes and not self._stopping:
-                self._stopping = True
-                self.notify("stopping: running trials checkpoint and end at their next step…", timeout=30)
-                self._background("stop", self.source.stop)
+            if yes:
+                self.begin_stop()
 
         self.push_screen(ConfirmScreen("Quit? Running trials checkpoint and stop (resume later with "
-                                       "`tui-tuner resume RUN_DIR`)."), answer)
+                                       f"`tui-tuner resume {self.source.run_dir}`)."), answer)
+
+    def begin_stop(self) -> None:
+        """The graceful stop (q, SIGTERM, SIGHUP): trials checkpoint and end on a thread, then the app exits."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if not self.loaded.is_set():  # nothing runs yet: leave now; run_app stops the sweep once start() returns
+            self.exit(self.exit_code)
+            return
+        self.notify("stopping: running trials checkpoint and end at their next step…", timeout=30)
+        self._background("stop", self.source.stop)
+
+    def stop_by_signal(self, signum: int) -> None:
+        """SIGTERM / SIGHUP, delivered on the UI loop: the first stops gracefully, a second one exits at once."""
+        if self.stop_signal is None:
+            self.stop_signal = signum
+            if self.is_running:  # else run_app is already stopping the sweep
+                self.begin_stop()
+            return
+        from tui_tuner.headless import force_exit
+
+        with contextlib.suppress(Exception):  # give the shell its screen back before the one-line hint
+            self._driver.stop_application_mode()  # type: ignore[union-attr]
+        force_exit(self.source, exit_code(signum))  # type: ignore[arg-type]
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.stop_signal) if self.stop_signal is not None else 0
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -387,24 +464,36 @@ class TuiTunerApp(App[int]):
             yield SystemCommand(title, help_text, action)
 
 
-def run_app(sweep: Sweep) -> int:
-    """Run the TUI on an already started sweep; on exit nothing is left RUNNING and no thread calls into the app."""
+def run_app(sweep: Sweep, start: bool = False) -> int:
+    """Run the TUI on a sweep (`start`: the app calls sweep.start() itself, behind its first screen); on exit
+    nothing is left RUNNING and no thread calls into the app. Returns the exit code: 0, or 128 + the signal
+    that stopped it; a failed start() is raised, as the CLI reports it."""
     from tui_tuner.engine.system import SystemSampler
+    from tui_tuner.headless import force_exit, progress_table, say, summary
 
     sampler = SystemSampler().start()
-    app = TuiTunerApp(sweep, system=sampler)
+    app = TuiTunerApp(sweep, system=sampler, load=sweep.start if start else None, signals=True)
     try:
         code = app.run()
     finally:
+        raise_on_stop_signals()  # the loop is gone: a signal during the stop below interrupts it (force exit)
         app.detach()
-        was_finished = sweep.finished
-        sweep.stop()
         sampler.stop()
-    from tui_tuner.headless import progress_table, summary
-
-    # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits.
-    print(progress_table(sweep.snapshot()))
-    print(summary(sweep))
-    print(f"run directory: {sweep.run_dir}"
-          + ("" if was_finished else f"  (continue with: tui-tuner resume {sweep.run_dir})"))
+        for signum in missed_signals():  # came while the app was closing
+            app.stop_by_signal(signum)
+        try:
+            app.loaded.wait()  # a quit while loading: start() must have returned before stop() can stop it
+            was_finished = sweep.finished
+            if app.load_error is None:
+                sweep.stop()
+        except KeyboardInterrupt as e:  # a second Ctrl-C / signal while the trials checkpoint
+            force_exit(sweep, exit_code(e))
+    if app.load_error is not None:
+        raise app.load_error
+    # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits. (After SIGHUP
+    # the terminal is gone too: stdout is /dev/null by now, and `say` ignores a reader that went away.)
+    say(progress_table(sweep.snapshot()) + "\n" + summary(sweep) + f"\nrun directory: {sweep.run_dir}"
+        + ("" if was_finished else f"  (continue with: tui-tuner resume {sweep.run_dir})"), sys.stdout)
+    if app.stop_signal is not None:
+        return app.exit_code
     return code if isinstance(code, int) else 0

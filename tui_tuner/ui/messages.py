@@ -23,3 +23,7 @@ class CommandDone(Message):
         self.what = what
         self.result = result
         self.error = error
+
+
+class SweepLoaded(Message):
+    """The sweep's start() returned or raised (the app keeps the error in `load_error`)."""

@@ -1,4 +1,4 @@
-"""The header/status line: study, sampler/pruner, trial counts, best eval loss, elapsed time, concurrency."""
+"""The header/status line: study, phase, trial counts, best eval loss, elapsed, concurrency; or what is loading."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from textual.widgets import Static
 
 from tui_tuner.engine.snapshot import SweepSnapshot
 from tui_tuner.format import fmt_float
+from tui_tuner.state_words import ALARMING, count_words
 
 
 def fmt_elapsed(seconds: float) -> str:
@@ -14,11 +15,13 @@ def fmt_elapsed(seconds: float) -> str:
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def status_text(snap: SweepSnapshot) -> Text:
+def status_text(snap: SweepSnapshot, preset: str = "") -> Text:
+    if snap.phase == "loading":
+        return loading_text(snap, preset)
     c = snap.counts
-    started = sum(v for k, v in c.items() if k != "waiting")
+    started = sum(v for k, v in c.items() if k not in ("waiting", "cancelled"))  # cancelled ones never ran
     best = (f"{fmt_float(snap.best_value)} (#{snap.best_trial})" if snap.best_trial is not None else "-")
-    state = "HALTED" if snap.halted else "finished" if snap.finished else "running"
+    state = "HALTED" if snap.halted else snap.phase
     t = Text()
     t.append(f" {snap.study_name} ", style="bold reverse")
     t.append(f" {snap.sampler}/{snap.pruner}  {fmt_elapsed(snap.elapsed)} ")
@@ -27,21 +30,31 @@ def status_text(snap: SweepSnapshot) -> Text:
     t.append(f"conc {snap.concurrency}", style="bold")
     t.append(f"  best {best}\n", style="bold green" if snap.best_trial is not None else "")
     t.append(f" {started} trials, budget {snap.n_trials}: ")
-    for label, key in (("done", "complete"), ("run", "running"), ("paused", "paused"), ("queued", "waiting"),
-                       ("pruned", "pruned"), ("failed", "failed")):
-        t.append(f"{label} {c.get(key, 0)}  ", style="bold red" if key == "failed" and c.get(key) else "")
+    for label, n in count_words(c):
+        t.append(f"{label} {n}  ", style="bold red" if label in ALARMING and n else "")
+    return t
+
+
+def loading_text(snap: SweepSnapshot, preset: str) -> Text:
+    """While `start()` loads the model and data: what is loading, and what will run once it has."""
+    t = Text()
+    t.append(f" {snap.study_name} ", style="bold reverse")
+    t.append(f" preset {preset}  " if preset else " ")
+    t.append(snap.loading or "loading model…", style="bold")
+    t.append(f"\n budget {snap.n_trials} trials, {snap.concurrency} at a time, {snap.sampler}/{snap.pruner}")
     return t
 
 
 class StatusLine(Static):
     """Two lines of sweep-wide status, re-rendered only when their text changes."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, preset: str = "", **kwargs: object) -> None:
         super().__init__("", **kwargs)  # type: ignore[arg-type]
+        self.preset = preset
         self._last = ""
 
     def show(self, snap: SweepSnapshot) -> None:
-        text = status_text(snap)
+        text = status_text(snap, self.preset)
         if text.plain != self._last:
             self._last = text.plain
             self.update(text, layout=False)  # fixed height: repaint, no screen layout

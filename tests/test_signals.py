@@ -1,0 +1,159 @@
+"""SIGTERM and SIGHUP stop a real run gracefully, headless and in the TUI (under tmux): the running trials are
+interrupted (checkpointed, resumable), `sweep_stopped` is written, the exit code is 128 + the signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_preset_dict, wait_for
+from tui_tuner.preset import dump_toml
+
+pytestmark = pytest.mark.slow
+SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGHUP, id="SIGHUP")]
+
+
+def _preset(tmp_path: Path) -> Path:
+    path = tmp_path / "p.toml"  # long trials: both still run when the signal comes
+    path.write_text(dump_toml(tiny_preset_dict(params={"max_steps": 100000}, study={"n_trials": 2})))
+    return path
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _running(run_dir: Path) -> set[int]:
+    """Trials that have started and not ended, by the events file."""
+    on: set[int] = set()
+    for e in _events(run_dir):
+        if e["event"] == "started":
+            on.add(e["trial"])
+        elif e["event"] in ("interrupted", "complete", "pruned", "killed", "failed"):
+            on.discard(e["trial"])
+    return on
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CUDA_VISIBLE_DEVICES": ""}
+
+
+def _assert_stopped_gracefully(run_dir: Path, were_running: set[int]) -> None:
+    events = _events(run_dir)
+    interrupted = {e["trial"] for e in events if e["event"] == "interrupted"}
+    assert were_running <= interrupted, events[-6:]
+    assert events[-1]["event"] == "sweep_stopped", events[-3:]
+    for n in were_running:  # checkpointed, so `resume` continues it where it stopped
+        assert list((run_dir / "trials" / str(n) / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_headless_run_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path)), "--headless", "--run-dir",
+           str(run_dir)]
+    with (tmp_path / "err").open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env())
+        try:
+            wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+            were_running = _running(run_dir)
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert rc == 128 + sig
+    _assert_stopped_gracefully(run_dir, were_running)
+    assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+def test_headless_second_signal_exits_at_once_with_the_resume_hint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path)), "--headless", "--run-dir",
+           str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # at once: the first one's stop is still under way
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    # Either the stop was quick enough to finish, or the second signal cut it short with the hint.
+    assert "sweep stopped" in out or f"continue with `tui-tuner resume {run_dir}`" in err, (out, err)
+
+
+# -- the TUI, in tmux -------------------------------------------------------------------------------------------
+# A shell in a tmux pane passes the hangup on to its foreground job and exits; this stands in for it and
+# records the job's exit code.
+SHELL = textwrap.dedent("""
+    import signal, subprocess, sys
+    job = subprocess.Popen(sys.argv[2:])
+    open(sys.argv[1] + ".pid", "w").write(str(job.pid))
+    signal.signal(signal.SIGHUP, lambda *_: job.send_signal(signal.SIGHUP))
+    rc = job.wait()
+    open(sys.argv[1], "w").write(str(rc))
+""")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
+    run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
+    (tmp_path / "shell.py").write_text(SHELL)
+    session = f"tui-tuner-test-{os.getpid()}-{sig.name}"
+    pane = " ".join([sys.executable, str(tmp_path / "shell.py"), str(rc_file), sys.executable, "-m",
+                     "tui_tuner.cli", "run", str(_preset(tmp_path)), "--run-dir", str(run_dir)])
+    env = _env()
+    env.pop("TUI_TUNER_HEADLESS", None)
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", pane], check=True, env=env)
+    try:
+        wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+        assert "conc 2" in screen and "running" in screen  # it is the app, not the headless client
+        were_running = _running(run_dir)
+        if sig == signal.SIGHUP:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=True)  # the terminal goes away
+        else:
+            os.kill(int((tmp_path / "rc.pid").read_text()), sig)
+        wait_for(rc_file.exists, timeout=60, what="the app to exit")
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert int(rc_file.read_text()) == 128 + sig
+    _assert_stopped_gracefully(run_dir, were_running)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+def test_tui_start_failure_is_the_usual_one_line(tmp_path: Path) -> None:
+    """The app is up before the data loads: a bad data file still ends in one line on stderr and exit 2."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict(data={"train": str(bad)})))
+    session = f"tui-tuner-test-{os.getpid()}-bad"
+    # stderr stays the terminal (Textual draws on it); the error is read off the screen the app leaves behind.
+    pane = (f"{sys.executable} -m tui_tuner.cli run {preset} --run-dir {tmp_path / 'run'};"
+            f" echo $? > {tmp_path / 'rc'}; sleep 60")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", pane], check=True,
+                   env=_env())
+    try:
+        wait_for((tmp_path / "rc").exists, timeout=120, what="the app to exit")
+        wait_for(lambda: (tmp_path / "rc").read_text().strip() != "", timeout=5, what="the exit code")
+        screen = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-t", session], capture_output=True,
+                                text=True).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "2"
+    lines = [x for x in screen.splitlines() if x.startswith("tui-tuner: error: ")]
+    assert len(lines) == 1 and "bad.jsonl" in lines[0] and "Traceback" not in screen, screen
+

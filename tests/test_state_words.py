@@ -1,0 +1,42 @@
+"""Counts in the status line and the headless table: every state named, the rare ones only when present."""
+
+from __future__ import annotations
+
+from tests.test_ui_snapshots import TRIALS, FakeSweep
+from tui_tuner.engine.snapshot import STATES
+from tui_tuner.headless import progress_table
+from tui_tuner.state_words import COUNT_WORDS, count_words
+from tui_tuner.ui.status_line import status_text
+
+
+def _counts(**nonzero: int) -> dict[str, int]:
+    return {str(s): nonzero.get(str(s), 0) for s in STATES}
+
+
+def test_every_state_is_counted_under_exactly_one_word() -> None:
+    counted = [s for _, states, _ in COUNT_WORDS for s in states]
+    assert sorted(counted) == sorted(str(s) for s in STATES)
+
+
+def test_rare_states_show_only_when_present() -> None:
+    assert [w for w, _ in count_words(_counts())] == ["done", "run", "queued", "failed"]
+    words = dict(count_words(_counts(interrupted=2, killed=1, starting=1, running=1)))
+    assert words["interrupted"] == 2 and words["killed"] == 1 and words["run"] == 2 and "cancelled" not in words
+
+
+def test_status_line_and_headless_name_interrupted_and_killed() -> None:
+    snap = FakeSweep().snapshot()
+    snap = type(snap)(**{**snap.__dict__, "counts": _counts(interrupted=2, killed=1, failed=1, complete=3)})
+    line = status_text(snap).plain
+    assert "interrupted 2" in line and "killed 1" in line and "failed 1" in line and "done 3" in line
+    assert max(len(x.rstrip()) for x in line.splitlines()) <= 80
+    head = progress_table(snap).splitlines()[0]
+    assert "interrupted 2" in head and "killed 1" in head and "failed 1" in head
+
+
+def test_status_line_says_what_is_loading() -> None:
+    snap = FakeSweep().snapshot()
+    loading = type(snap)(**{**snap.__dict__, "trials": (), "phase": "loading", "loading": "loading model m…"})
+    text = status_text(loading, "my-preset").plain
+    assert "snap" in text and "preset my-preset" in text and "loading model m…" in text
+    assert len(TRIALS) and "done" not in text
