@@ -199,3 +199,26 @@ def test_cancelled_trials_are_fail_for_samplers():
     study._storage.set_trial_state_values(t._trial_id, OptunaState.FAIL)
     assert study.get_trials(states=(OptunaState.COMPLETE, OptunaState.PRUNED)) == []
     assert study.ask({"x": optuna.distributions.FloatDistribution(0, 2)}).number == 1  # the queue moved on
+
+
+def test_a_stop_while_the_sweep_loads_returns_at_once_and_nothing_starts(fake_sweep):
+    class SlowPrepare(FakeBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.release = threading.Event()
+
+        def prepare(self, preset):  # type: ignore[no-untyped-def]
+            self.release.wait(30)
+            return super().prepare(preset)
+
+    backend = SlowPrepare()
+    sweep = fake_sweep(backend=backend, params=LONG)
+    starter = threading.Thread(target=sweep.start)
+    starter.start()
+    assert sweep.snapshot().phase == "loading" and "loading model" in (sweep.snapshot().loading or "")
+    sweep.stop()  # does not wait for the model
+    assert starter.is_alive()
+    backend.release.set()
+    starter.join(30)
+    assert sweep.wait(1) and sweep.trials() == [] and sweep.snapshot().phase == "stopped"
+    assert not sweep.run_dir.exists()  # stopped before anything was written

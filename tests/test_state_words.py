@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.test_ui_snapshots import TRIALS, FakeSweep
 from tui_tuner.engine.snapshot import STATES
-from tui_tuner.headless import progress_table
+from tui_tuner.report import progress_table
 from tui_tuner.state_words import COUNT_WORDS, count_words
 from tui_tuner.ui.status_line import status_text
 

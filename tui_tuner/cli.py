@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tui_tuner.exit_codes import EXIT_BAD_INPUT
 from tui_tuner.signals import StopSignal, exit_code, raise_on_stop_signals
 
 # Heavy modules (pydantic, optuna, textual, torch) are imported inside the commands that need them: `--help`
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.preset import Preset
 
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a process ended by Ctrl-C
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -72,6 +72,7 @@ class Sweep:
         self._phase = "loading"
         self._loading: str | None = f"loading model {preset.model.name}…"
         self._stopping = False
+        self._phase_lock = threading.Lock()  # guards _phase and _stopping together (a stop during start())
         self._lock: RunDirLock | None = None
         self.n_train = 0  # training examples, known once start() has loaded the data
 
@@ -91,6 +92,10 @@ class Sweep:
         """Load data and open the study, then return; trials run in background threads."""
         p = self.preset
         self.n_train = self.backend.prepare(p)
+        if self._stopping:  # stopped while loading (the app's q, a signal): nothing was written, nothing runs
+            self._phase, self._loading = "stopped", None
+            self.scheduler.mark_finished(True)
+            return self
         self._loading = "opening the study…"
         try:
             self.gateway.connect()  # a bad --storage fails here, before anything is written
@@ -104,6 +109,7 @@ class Sweep:
         try:
             self._open_study()
         except BaseException:
+            self._phase = "stopping"
             self.stop()
             raise
         return self
@@ -126,9 +132,16 @@ class Sweep:
             if got.concurrency:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
-        self._phase, self._loading = "running", None
+        self._loading = None
+        with self._phase_lock:
+            stopped_meanwhile = self._stopping
+            self._phase = "stopping" if stopped_meanwhile else "running"
         self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
                          resumed=self._resuming)
+        if stopped_meanwhile:  # stop() came while this was opening the study: finish that stop now
+            self._stopping = False
+            self.stop()
+            return
         for run, source in legacy:
             self._continue_legacy(run, source)
         self.scheduler.start(relaunch)
@@ -140,10 +153,12 @@ class Sweep:
     def stop(self, timeout: float | None = None) -> None:
         """Running and paused trials checkpoint at their next step and become interrupted (never told PRUNED
         or COMPLETE): `Sweep.open(run_dir).start()` continues each under its own number."""
-        with self.registry.lock:
+        with self._phase_lock:
             already, self._stopping = self._stopping, True
-        if not already and self._phase == "running":
-            self._phase = "stopping"
+            if self._phase == "loading":
+                return  # start() is still loading: it sees the stop and carries it out itself
+            if not already and self._phase == "running":
+                self._phase = "stopping"
         # The scheduler first: a trial it is starting right now must be among the runs stopped below.
         self.scheduler.stop(timeout)
         runs = [r for r in self.registry.all() if r.thread is not None]

@@ -436,7 +436,7 @@ class TuiTunerApp(App[int]):
             if self.is_running:  # else run_app is already stopping the sweep
                 self.begin_stop()
             return
-        from tui_tuner.headless import force_exit
+        from tui_tuner.report import force_exit
 
         with contextlib.suppress(Exception):  # give the shell its screen back before the one-line hint
             self._driver.stop_application_mode()  # type: ignore[union-attr]
@@ -469,7 +469,7 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
     nothing is left RUNNING and no thread calls into the app. Returns the exit code: 0, or 128 + the signal
     that stopped it; a failed start() is raised, as the CLI reports it."""
     from tui_tuner.engine.system import SystemSampler
-    from tui_tuner.headless import force_exit, progress_table, say, summary
+    from tui_tuner.report import force_exit, progress_table, say, summary
 
     sampler = SystemSampler().start()
     app = TuiTunerApp(sweep, system=sampler, load=sweep.start if start else None, signals=True)
