@@ -268,6 +268,7 @@ def test_ctrl_c_in_headless_mode_stops_cleanly(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err  # a stop by a signal is 128 + the signal, as shells report it
     assert "stopping" in out and "interrupted at step" in out and "Traceback" not in err
+    assert f"continue with: tui-tuner resume {run_dir}" in out
     backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
     study = optuna.load_study(study_name="test", storage=optuna.storages.JournalStorage(backend))
     # Interrupted, not told: RUNNING in Optuna with where to continue from; the sampler learns nothing from it.

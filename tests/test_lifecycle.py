@@ -158,6 +158,22 @@ def test_stop_then_resume_keeps_numbers_pauses_and_concurrency(fake_sweep):
     assert _paths(again)[1][-4:] == ["resuming", "paused", "resumed", "complete"]
 
 
+def test_the_resume_hint_is_given_when_work_is_left_and_only_then(fake_sweep, tmp_path):
+    from tui_tuner.report import where_next
+
+    done = fake_sweep(tmp_path / "done", params={"max_steps": 20}).start()
+    assert done.wait(30)
+    assert not done.resumable and "continue with" not in where_next(done)
+    done.stop()  # stopping a finished sweep leaves nothing to resume either
+    assert not done.resumable
+    stopped = fake_sweep(tmp_path / "stopped", params=LONG).start()
+    wait_for(lambda: stopped.trials() and stopped.trial(0).step > 2, what="stepping")
+    stopped.stop()
+    assert stopped.resumable
+    assert where_next(stopped) == (f"run directory: {stopped.run_dir}  (continue with: tui-tuner resume "
+                                   f"{stopped.run_dir})")
+
+
 def test_events_after_a_resume_include_the_runs_earlier_ones_numbered_on(fake_sweep):
     sweep = fake_sweep(params={"max_steps": 200}, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials() and sweep.trial(0).step >= 3, what="stepping")
@@ -222,3 +238,43 @@ def test_a_stop_while_the_sweep_loads_returns_at_once_and_nothing_starts(fake_sw
     starter.join(30)
     assert sweep.wait(1) and sweep.trials() == [] and sweep.snapshot().phase == "stopped"
     assert not sweep.run_dir.exists()  # stopped before anything was written
+
+
+def test_headless_never_waits_forever_on_trials_it_cannot_resume(fake_sweep, capsys):
+    import io
+
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.headless import run_headless
+
+    sweep = fake_sweep(params={"max_steps": 300}, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 2, what="stepping")
+    sweep.pause(0)
+    wait_for(lambda: sweep.trial(0).state == "paused", what="paused")
+    sweep.stop()  # (a kill -9 while paused leaves the same `paused` attr)
+    again = Sweep.open(sweep.run_dir, backend=FakeBackend()).start()
+    assert run_headless(again, out=io.StringIO()) == 1
+    err = capsys.readouterr().err
+    assert "only paused trials are left (#0)" in err and "--resume-paused" in err
+    assert again.trial(0).state == "interrupted"  # stopped, still to be resumed: nothing lost
+    third = Sweep.open(sweep.run_dir, backend=FakeBackend(), resume_paused=True).start()
+    assert run_headless(third, out=io.StringIO()) == 0
+    assert third.trial(0).state == "complete" and third.trial(0).step == 300
+
+
+@pytest.mark.parametrize(("optuna_state", "attrs", "expected"), [
+    (OptunaState.RUNNING, {"interrupted_at_step": 5}, "interrupted"),
+    (OptunaState.RUNNING, {}, "interrupted"),  # left by a crash
+    (OptunaState.PRUNED, {"interrupted_at_step": 5}, "interrupted"),  # 0.1.0's stop
+    (OptunaState.PRUNED, {"interrupted_at_step": 5, "pruned_at_step": 50}, "pruned"),  # stopped, resumed, pruned
+    (OptunaState.PRUNED, {"interrupted_at_step": 5, "stopped_by_user": True}, "killed"),
+    (OptunaState.PRUNED, {"pruned_at_step": 50}, "pruned"),
+    (OptunaState.FAIL, {"cancelled_by_user": True}, "cancelled"),
+    (OptunaState.FAIL, {"error": "x"}, "failed"),
+    (OptunaState.COMPLETE, {"interrupted_at_step": 5}, "complete"),
+])
+def test_the_stored_state_of_a_trial(optuna_state, attrs, expected):
+    from tui_tuner.engine.study_gateway import state_of
+
+    values = {"value": 1.0} if optuna_state == OptunaState.COMPLETE else {}
+    t = optuna.trial.create_trial(state=optuna_state, user_attrs=attrs, **values)
+    assert state_of(t) == expected

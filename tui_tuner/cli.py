@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("run_dir")
     res.add_argument("--headless", action="store_true")
     res.add_argument("--n-trials", type=int, help="raise the trial budget")
+    res.add_argument("--resume-paused", action="store_true",
+                     help="trials that were paused continue running (they come back paused otherwise)")
 
     exp = sub.add_parser("export", help="write best params (JSON) and a results table (CSV) of a run")
     exp.add_argument("run_dir")
@@ -102,7 +104,7 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     from tui_tuner.preset import Preset, PresetError, resolve_preset_path
 
     if args.cmd == "resume":
-        return Sweep.open(args.run_dir, n_trials=args.n_trials)
+        return Sweep.open(args.run_dir, n_trials=args.n_trials, resume_paused=args.resume_paused)
     path = resolve_preset_path(args.preset)
     preset = Preset.load(path, args.overrides)
     if args.n_trials is not None:

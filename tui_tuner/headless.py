@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import TextIO
 
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.sweep import Sweep
 from tui_tuner.exit_codes import EXIT_HALTED, EXIT_INTERRUPTED
-from tui_tuner.report import clock, force_exit, progress_table, say, summary
+from tui_tuner.report import clock, force_exit, progress_table, say, summary, where_next
 from tui_tuner.signals import exit_code
+
+
+def _still(sweep: Sweep, paused: list[int], settle_s: float = 0.5) -> bool:
+    """The same trials are still all that is left a moment later (not a pause on its way to a resume)."""
+    time.sleep(settle_s)
+    return sweep.only_paused_left == paused
 
 
 def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None) -> int:
@@ -40,10 +47,21 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
             replayed = ev.seq
     try:
         try:
-            while not sweep.wait(table_every):
-                table = progress_table(sweep.snapshot())  # not under `lock`: listeners take it on engine threads
-                with lock:
-                    say(table, out)
+            next_table = time.monotonic() + table_every
+            while not sweep.wait(min(1.0, table_every)):
+                if (paused := sweep.only_paused_left) and _still(sweep, paused):
+                    # Nobody can press resume here: stop (they stay paused) rather than wait forever.
+                    names = ", ".join(f"#{n}" for n in paused)
+                    say(f"tui-tuner: only paused trials are left ({names}) and headless mode cannot resume them: "
+                        f"stopping. Continue with `tui-tuner resume {sweep.run_dir}` (the app) or "
+                        f"`tui-tuner resume {sweep.run_dir} --headless --resume-paused`", sys.stderr)
+                    code = EXIT_HALTED
+                    break
+                if time.monotonic() >= next_table:
+                    next_table += table_every
+                    table = progress_table(sweep.snapshot())  # not under `lock`: listeners take it on engine threads
+                    with lock:
+                        say(table, out)
         except KeyboardInterrupt as e:  # Ctrl-C, or a StopSignal (SIGTERM, SIGHUP)
             code = exit_code(e)
             again = "Ctrl-C" if code == EXIT_INTERRUPTED else "the signal"
@@ -51,7 +69,7 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
         finally:
             sweep.stop()
             unsubscribe()
-        say(progress_table(sweep.snapshot()) + "\n" + summary(sweep), out)
+        say(progress_table(sweep.snapshot()) + "\n" + summary(sweep) + "\n" + where_next(sweep), out)
     except KeyboardInterrupt as e:  # the second one, while the first one's graceful stop is under way
         force_exit(sweep, exit_code(e))
     if sweep.halted:  # the sampler broke: the budget was not spent, and scripts must see it

@@ -59,5 +59,11 @@ def summary(sweep: Sweep) -> str:
             + (f"\n  overrides: {best.overrides}" if best.overrides else "") + f"\n  adapter: {where}")
 
 
+def where_next(sweep: Sweep) -> str:
+    """The run dir, and the command that continues it when there is work left (a stop, a signal, a halt)."""
+    hint = f"  (continue with: tui-tuner resume {sweep.run_dir})" if sweep.resumable else ""
+    return f"run directory: {sweep.run_dir}{hint}"
+
+
 def clock(t: float) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t))

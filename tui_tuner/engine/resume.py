@@ -52,7 +52,7 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
         ckpts = list_checkpoints(run.trial_dir)
         run.checkpoints = ckpts
         if t.state == OptunaState.RUNNING:
-            start = _resume_point(a, ckpts, layout)
+            start = _resume_point(ckpts)
             _load_history(run, by_number, start.step if start else 0)
             run.trial = gateway.handle(t)
             run.resume_from = start.path if start else None
@@ -68,7 +68,7 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
             if run.state is S.INTERRUPTED and t.number not in continued:
                 # 0.1.0 told a stopped trial PRUNED (finished trials are immutable): it continues as a fork of
                 # itself from its stop checkpoint, once (user attr `continues`), as 0.1.0's resume did.
-                out.legacy.append((run, _resume_point(a, ckpts, layout)))
+                out.legacy.append((run, _legacy_stop_point(a, ckpts, layout)))
     return out
 
 
@@ -90,14 +90,20 @@ def record_of(t: FrozenTrial, layout: RunDir, preset: Preset) -> TrialRun:
     return TrialRun(params=params, searched=dict(t.params), **common)
 
 
-def _resume_point(a: dict[str, Any], ckpts: list[CheckpointInfo], layout: RunDir) -> CheckpointInfo | None:
-    """Where an interrupted trial continues: the checkpoint its stop recorded when it is still there, else its
-    newest (after a crash, or a fork that never stepped: its fork checkpoint), else None (from step 0)."""
+def _legacy_stop_point(a: dict[str, Any], ckpts: list[CheckpointInfo], layout: RunDir) -> CheckpointInfo | None:
+    """A 0.1.0 stop recorded its checkpoint's absolute path: that one, mapped into this (maybe moved) run dir."""
     stored = layout.resolve(a.get("interrupted_checkpoint"))
     if stored is not None and stored.is_dir():
         for c in ckpts:
             if c.path.resolve() == stored.resolve():
                 return c
+    return None
+
+
+def _resume_point(ckpts: list[CheckpointInfo]) -> CheckpointInfo | None:
+    """Where an interrupted trial continues: its newest checkpoint (the stop's; after a crash, the last periodic
+    one, which may be newer than an earlier stop's; for a fork that never stepped, its fork checkpoint), else
+    None (from step 0)."""
     return ckpts[-1] if ckpts else None
 
 

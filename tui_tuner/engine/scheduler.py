@@ -177,7 +177,7 @@ class Scheduler:
                        if r.state in (S.STARTING, S.RUNNING)
                        or (r.state is S.PAUSED and (not free_paused or not r.control.paused)))
 
-    def _budget_left(self) -> bool:
+    def budget_left(self) -> bool:
         s = self.host.preset.study
         timed_out = s.timeout is not None and time.time() - self.started_at > s.timeout
         return self.sampled < s.n_trials and not timed_out
@@ -185,8 +185,13 @@ class Scheduler:
     def _queued(self) -> bool:
         return any(r.state is S.WAITING for r in self.host.registry.all())
 
+    def can_start_now(self) -> bool:
+        """A trial could start (a free slot and work for it); a read other threads may make."""
+        return not self._stopped and self._occupied() < self.concurrency and (self._can_start_more()
+                                                                              or bool(self._relaunch))
+
     def _can_start_more(self) -> bool:
-        return self.halted is None and (self._queued() or self._budget_left())
+        return self.halted is None and (self._queued() or self.budget_left())
 
     def _fill_slots(self) -> None:
         free_paused = self.host.preset.study.paused_frees_slot

@@ -57,7 +57,10 @@ def state_of(t: FrozenTrial) -> TrialState:
         case OptunaState.PRUNED:
             if a.get("stopped_by_user"):
                 return TrialState.KILLED
-            return TrialState.INTERRUPTED if "interrupted_at_step" in a else TrialState.PRUNED  # 0.1.0's stop
+            # 0.1.0 told a stopped trial PRUNED; a trial this engine prunes after a stop and a resume carries
+            # the old interrupted_at_step too, but also its pruned_at_step.
+            legacy_stop = "interrupted_at_step" in a and "pruned_at_step" not in a
+            return TrialState.INTERRUPTED if legacy_stop else TrialState.PRUNED
         case _:
             return TrialState.CANCELLED if a.get("cancelled_by_user") else TrialState.FAILED
 

@@ -55,7 +55,8 @@ class Sweep:
     """Public API. Every method is thread-safe; trial-changing commands act at the trial's next step boundary."""
 
     def __init__(self, preset: Preset, run_dir: str | Path, storage: str | None = None,
-                 n_trials: int | None = None, _resuming: bool = False, backend: Backend | None = None):
+                 n_trials: int | None = None, _resuming: bool = False, backend: Backend | None = None,
+                 resume_paused: bool = False):
         if n_trials is not None:
             preset = preset.model_copy(update={"study": preset.study.model_copy(update={"n_trials": n_trials})})
         self.preset = preset
@@ -64,6 +65,7 @@ class Sweep:
         self.storage_url = storage
         self.backend: Backend = backend or TorchBackend()
         self._resuming = _resuming
+        self._resume_paused = resume_paused  # a reopened run's paused trials continue running (headless, scripts)
         self.registry = TrialRegistry()
         self.gateway = StudyGateway(preset, self.layout.journal, storage)
         self.scheduler = Scheduler(self, preset.study.concurrency)
@@ -78,15 +80,18 @@ class Sweep:
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
-    def open(cls, run_dir: str | Path, n_trials: int | None = None, backend: Backend | None = None) -> Sweep:
-        """Reopen a run directory after a crash or a stop; `start()` then continues it."""
+    def open(cls, run_dir: str | Path, n_trials: int | None = None, backend: Backend | None = None,
+             resume_paused: bool = False) -> Sweep:
+        """Reopen a run directory after a crash or a stop; `start()` then continues it (trials paused then come
+        back paused, unless `resume_paused`)."""
         layout = RunDir(Path(run_dir))
         try:
             meta = layout.read_meta()
         except RunDirError as e:
             raise SweepError(str(e)) from None
         preset = Preset.load(layout.preset)
-        return cls(preset, run_dir, storage=meta.get("storage"), n_trials=n_trials, _resuming=True, backend=backend)
+        return cls(preset, run_dir, storage=meta.get("storage"), n_trials=n_trials, _resuming=True, backend=backend,
+                   resume_paused=resume_paused)
 
     def start(self) -> Sweep:
         """Load data and open the study, then return; trials run in background threads."""
@@ -132,6 +137,9 @@ class Sweep:
             if got.concurrency:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
+            if self._resume_paused:
+                for run in relaunch:
+                    run.control.resume()
         self._loading = None
         with self._phase_lock:
             stopped_meanwhile = self._stopping
@@ -183,6 +191,23 @@ class Sweep:
     @property
     def stopping(self) -> bool:
         return self._stopping
+
+    @property
+    def resumable(self) -> bool:
+        """Work is left that `tui-tuner resume` would do: interrupted or queued trials, or budget left."""
+        left = any(r.state in (S.INTERRUPTED, S.WAITING) for r in self.registry.all())
+        return left or (self.halted is None and self.scheduler.budget_left())
+
+    @property
+    def only_paused_left(self) -> list[int]:
+        """The paused trials, when they are all that keeps the sweep from finishing (nothing runs or can start):
+        a client with no pause key (headless) must say so rather than wait forever. Empty otherwise."""
+        runs = [r for r in self.registry.all() if r.active]
+        if not runs or any(r.state is not S.PAUSED or not r.control.paused for r in runs):
+            return []
+        if self.scheduler.can_start_now():
+            return []
+        return [r.number for r in runs]
 
     @property
     def halted(self) -> str | None:

@@ -469,7 +469,7 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
     nothing is left RUNNING and no thread calls into the app. Returns the exit code: 0, or 128 + the signal
     that stopped it; a failed start() is raised, as the CLI reports it."""
     from tui_tuner.engine.system import SystemSampler
-    from tui_tuner.report import force_exit, progress_table, say, summary
+    from tui_tuner.report import force_exit, progress_table, say, summary, where_next
 
     sampler = SystemSampler().start()
     app = TuiTunerApp(sweep, system=sampler, load=sweep.start if start else None, signals=True)
@@ -483,7 +483,6 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
             app.stop_by_signal(signum)
         try:
             app.loaded.wait()  # a quit while loading: start() must have returned before stop() can stop it
-            was_finished = sweep.finished
             if app.load_error is None:
                 sweep.stop()
         except KeyboardInterrupt as e:  # a second Ctrl-C / signal while the trials checkpoint
@@ -492,8 +491,7 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
         raise app.load_error
     # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits. (After SIGHUP
     # the terminal is gone too: stdout is /dev/null by now, and `say` ignores a reader that went away.)
-    say(progress_table(sweep.snapshot()) + "\n" + summary(sweep) + f"\nrun directory: {sweep.run_dir}"
-        + ("" if was_finished else f"  (continue with: tui-tuner resume {sweep.run_dir})"), sys.stdout)
+    say(progress_table(sweep.snapshot()) + "\n" + summary(sweep) + "\n" + where_next(sweep), sys.stdout)
     if app.stop_signal is not None:
         return app.exit_code
     return code if isinstance(code, int) else 0
