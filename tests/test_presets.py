@@ -15,6 +15,8 @@ from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, dump_toml
 
 GOOD = dump_toml(tiny_preset_dict())
 INT_R = ["search.lora_r.type=int", "search.lora_r.low=2", "search.lora_r.high=16"]  # an int range to break
+WARMUP = ["search.warmup_steps.type=int", "search.warmup_steps.low=0"]
+STEPS = ["search.max_steps.type=int", "search.max_steps.low=10", "search.max_steps.high=100"]
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
 
 # (what is wrong, preset text or a transform of GOOD, overrides, expected fragment of the one-line error)
@@ -58,6 +60,42 @@ BAD_CASES = [
     ("negative int step", GOOD, [*INT_R, "search.lora_r.step=-2"],
      "--set search.lora_r: 'step > 0' must hold, but got step=-2"),
     ("nan bound", GOOD, ["search.learning_rate.high=nan"], "--set search.learning_rate.high: Input should be a finite"),
+    # Lax pydantic took `true` as 1 (`--set params.batch_size=true` ran with batch 1), "4" as 4, and inf as a
+    # float greater than 0.
+    ("bool as an int param", GOOD, ["params.batch_size=true"], "--set params.batch_size: Input should be a valid "
+     "integer (got True)"),
+    ("bool as a float param", GOOD, ["params.learning_rate=false"], "--set params.learning_rate: Input should be "
+     "a valid number (got False)"),
+    ("bool in the file", GOOD.replace("n_trials = 2", "n_trials = true"), [], "{path}: study.n_trials: Input "
+     "should be a valid integer (got True)"),
+    ("string as an int", GOOD.replace("batch_size = 8", 'batch_size = "8"'), [], "{path}: params.batch_size"),
+    ("float as an int", GOOD, ["params.lora_r=8.0"], "--set params.lora_r: Input should be a valid integer"),
+    ("bool choice for an int", GOOD, ["search.lora_r.type=categorical", "search.lora_r.choices=[4, true]"],
+     "--set search.lora_r: value True is not a valid lora_r: Input should be a valid integer"),
+    ("inf adam_epsilon", GOOD, ["params.adam_epsilon=inf"], "--set params.adam_epsilon: Input should be a finite"),
+    ("inf lora_alpha", GOOD, ["params.lora_alpha=inf"], "--set params.lora_alpha: Input should be a finite"),
+    ("nan lr", GOOD, ["params.learning_rate=nan"], "--set params.learning_rate: Input should be a finite"),
+    ("inf timeout", GOOD, ["study.timeout=inf"], "--set study.timeout: Input should be a finite"),
+    ("inf choice", GOOD, ["search.lora_alpha.type=categorical", "search.lora_alpha.choices=[8, inf]"],
+     "--set search.lora_alpha: value inf is not a valid lora_alpha: Input should be a finite number"),
+    ("zero max_steps", GOOD, ["params.max_steps=0"], "--set params.max_steps: Input should be greater than or "
+     "equal to 1"),
+    ("zero eval_interval", GOOD, ["params.eval_interval=0"], "--set params.eval_interval: Input should be greater"),
+    ("negative lr in the file", GOOD.replace("learning_rate = 0.003", "learning_rate = -0.003"), [],
+     "{path}: params.learning_rate: Input should be greater than 0"),
+    ("warmup longer than the run", GOOD, ["params.warmup_steps=41"],
+     "--set params: warmup_steps (41) is longer than the run (max_steps = 40)"),
+    ("searched warmup past fixed max_steps", GOOD, [*WARMUP, "search.warmup_steps.high=50"],
+     "--set search.warmup_steps: value 50 is not a valid warmup_steps: warmup_steps (50) is longer than the run"),
+    ("searched max_steps under fixed warmup", GOOD, [*STEPS, "params.warmup_steps=20"],
+     "--set search.max_steps: value 10 is not a valid max_steps: warmup_steps (20) is longer than the run"),
+    ("both searched, ranges overlap", GOOD, [*WARMUP, "search.warmup_steps.high=30", *STEPS],
+     "--set search.warmup_steps: goes up to 30 steps but search.max_steps goes down to 10"),
+    # The run dir defaults to runs/<name>.
+    ("name with ../", GOOD.replace('name = "test"', 'name = "../escape"', 1), [],
+     "{path}: name: must be a plain file name"),
+    ("study name with a separator", GOOD, ['study.name="a/b"'], "--set study.name: must be a plain file name"),
+    ("name ..", GOOD, ['name=".."'], "--set name: must be a plain file name"),
     # Sweep.start() builds the grid sampler after it has written the run dir: the preset check must catch this.
     ("grid sampler, float without step", GOOD, ["study.sampler=grid"],
      "{path}: search.learning_rate: the grid sampler needs 'step' on float ranges"),
@@ -311,3 +349,13 @@ def test_dump_toml_escapes_control_characters():
     text = dump_toml(raw)
     assert tomllib.loads(text)["description"] == raw["description"]
     assert Preset.from_dict(tomllib.loads(text)) == Preset.from_dict(raw)
+
+
+def test_warmup_and_max_steps_that_fit_are_accepted(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    assert Preset.load(path, ["params.warmup_steps=40"]).params.warmup_steps == 40  # all warmup: allowed
+    # The fixed max_steps (40) is overridden by the search: warmup up to 50 fits max_steps from 60 on.
+    p = Preset.load(path, [*WARMUP, "search.warmup_steps.high=50", "search.max_steps.type=int",
+                           "search.max_steps.low=60", "search.max_steps.high=100"])
+    assert p.search["warmup_steps"].high == 50
