@@ -359,3 +359,28 @@ def test_warmup_and_max_steps_that_fit_are_accepted(tmp_path):
     p = Preset.load(path, [*WARMUP, "search.warmup_steps.high=50", "search.max_steps.type=int",
                            "search.max_steps.low=60", "search.max_steps.high=100"])
     assert p.search["warmup_steps"].high == 50
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_non_utf8_preset_names_the_file_and_line(tmp_path, capsys, dry_run):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(GOOD.encode().replace(b"[study]", b'[study]\nname = "caf\xe9"', 1))
+    line = GOOD[: GOOD.index("[study]")].count("\n") + 2
+    args = ["run", str(path), "--run-dir", str(tmp_path / "run")] + (["--dry-run"] if dry_run else ["--headless"])
+    assert main(args) == 2
+    _assert_one_line_errors(capsys.readouterr().err, f"{path}:{line}: not UTF-8 text (byte 0xe9 at column 12)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_non_utf8_jsonl_lines_are_named_with_the_other_bad_lines(tmp_path, capsys, dry_run):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n{oops\n{"text": "\xff"}\n')
+    code, _ = _run_cli(tmp_path, dump_toml(tiny_preset_dict(data={"train": "data.jsonl"})), [], dry_run)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [f"tui-tuner: error: {data}:2: not UTF-8 text (byte 0xe9 at column 14)",
+                                f"tui-tuner: error: {data}:3: not valid JSON (Expecting property name enclosed "
+                                "in double quotes)",
+                                f"tui-tuner: error: {data}:4: not UTF-8 text (byte 0xff at column 11)"]
+    assert not (tmp_path / "run").exists()

@@ -15,6 +15,7 @@ import optuna.distributions as od
 import tomli_w
 from pydantic import AllowInfNan, BaseModel, Field, ValidationError, field_validator, model_validator
 
+from tui_tuner.format import utf8_problem
 from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
@@ -233,9 +234,11 @@ class Preset(_Strict):
         `check_paths=False` skips the model/data existence check (export reads params, never the data)."""
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise PresetError(f"{path}: preset file not found") from None
+        except UnicodeDecodeError as e:
+            raise PresetError(utf8_problem(e, str(path))) from None
         except tomllib.TOMLDecodeError as e:
             raise PresetError(f"{path}: malformed TOML: {e}") from None
         _anchor_paths(raw, path.parent)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tui_tuner.format import first_line
+from tui_tuner.format import first_line, json_problem, utf8_problem
 from tui_tuner.preset import BUILTIN_DATA
 
 
@@ -47,14 +47,20 @@ def load_records(path: str) -> list[dict[str, Any]]:
     if path == BUILTIN_DATA:
         return progressions(2000)
     rows, lines, problems = [], [], []
-    with Path(path).open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    # Bytes, decoded a line at a time: a non-UTF-8 line is then one more bad line named like the others.
+    with Path(path).open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(utf8_problem(e, path, i))
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append(f"{path}:{i}: not valid JSON ({e.msg})")
+                problems.append(json_problem(e, path, i))
                 continue
             if not isinstance(row, dict):
                 problems.append(f"{path}:{i}: each line must be a JSON object")
