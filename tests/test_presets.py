@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import tiny_preset_dict
 from tui_tuner.cli import main
-from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, dump_toml
+from tui_tuner.preset import PRESETS_DIR, DataSection, Preset, PresetError, dump_toml
 
 GOOD = dump_toml(tiny_preset_dict())
 INT_R = ["search.lora_r.type=int", "search.lora_r.low=2", "search.lora_r.high=16"]  # an int range to break
@@ -140,6 +140,12 @@ BAD_DATA = [
      "{data}:1: messages[0].role is not a string (int)"),
     ("text: later row lacks text", '{"text": "a"}\n{"txt": "b"}\n', "{data}:2: missing key 'text' for format text"),
     ("completion not a string", '{"prompt": "a", "completion": 5}\n', "{data}:1: 'completion' must be a string"),
+    # Empty answers train on the end-of-sequence token alone.
+    ("empty completion", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": " "}\n',
+     "{data}:2: completion is empty: nothing to learn but the end of the sequence"),
+    ("empty text", '{"text": ""}\n', "{data}:1: text is empty"),
+    ("empty final assistant turn", CHAT.replace('"yo"', '""') + "\n",
+     "{data}:1: messages[1].content (the final assistant turn) is empty"),
 ]
 
 
@@ -153,6 +159,59 @@ def test_malformed_data_rows_give_file_and_line(tmp_path, capsys, what, jsonl, e
     assert code == 2, err
     _assert_one_line_errors(err, expected.format(data=data))
     assert not (tmp_path / "run").exists()
+
+
+LONG = "9" * 45  # tokens of the built-in byte-level tokenizer: over the tiny preset's data.max_length (40)
+
+# Found when the data is tokenised (a run, not a dry run: that does not load the tokenizer), still before the run
+# dir is written. (what is wrong, the JSONL file, overrides, the expected error lines; {data} is the file's path)
+BAD_TOKENS = [
+    ("one row: no train/eval split", '{"text": "a b c"}\n', [],
+     ["{data}: 1 usable example(s); holding out data.eval_fraction for evaluation needs at least 2 (one to train "
+      "on, one to evaluate): add records or set data.eval"]),
+    ("prompts over max_length", f'{{"prompt": "1", "completion": "2"}}\n{{"prompt": "{LONG}", "completion": "2"}}'
+     f'\n\n{{"prompt": "{LONG}9", "completion": "2"}}\n', [],
+     ["{data}: 2 of 3 records have a prompt of data.max_length (40) tokens or more: raise it or shorten them",
+      "{data}:2: the prompt is 45 tokens, data.max_length is 40: nothing of the completion is left to learn",
+      "{data}:4: the prompt is 46 tokens, data.max_length is 40: nothing of the completion is left to learn"]),
+    ("max_length over the model's context", '{"text": "a"}\n{"text": "b"}\n', ["data.max_length=300"],
+     ["data.max_length (300) is above the context of builtin:tiny-llama (max_position_embeddings = 256 in its "
+      "config): set data.max_length to 256 or less"]),
+]
+
+
+@pytest.mark.parametrize(("what", "jsonl", "overrides", "expected"), BAD_TOKENS, ids=[c[0] for c in BAD_TOKENS])
+def test_data_that_leaves_nothing_to_train_on_is_refused_before_the_run(tmp_path, capsys, what, jsonl, overrides,
+                                                                        expected):
+    data = tmp_path / "data.jsonl"
+    data.write_text(jsonl)
+    code, _ = _run_cli(tmp_path, dump_toml(tiny_preset_dict(data={"train": "data.jsonl"})), overrides, False)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines() == [f"tui-tuner: error: {line.format(data=data)}" for line in expected]
+    assert not (tmp_path / "run").exists()
+
+
+def test_rows_cut_to_max_length_are_counted_in_a_warning(caplog):
+    from tui_tuner.training.data import tokenize
+    from tui_tuner.training.model import load_tokenizer
+
+    rows = [{"text": "short"}, {"text": LONG}, {"text": LONG * 2}]
+    examples = tokenize(rows, "text", load_tokenizer("builtin:tiny-llama"), 40, "x.jsonl")
+    assert [len(e.ids) for e in examples] == [6, 40, 40]
+    assert caplog.messages == ["x.jsonl: warning: 2 of 3 records are longer than data.max_length (40 tokens; the "
+                               "longest is 91) and are cut to it"]
+
+
+def test_cuda_without_cuda_is_refused_before_the_data_is_prepared():
+    from tui_tuner.training.finetune import prepare_data
+    from tui_tuner.training.model import ModelError
+
+    # conftest makes torch.cuda.is_available() False; without the check every trial failed with this instead.
+    with pytest.raises(ModelError, match=r"^device.type = 'cuda' but no CUDA device is available"):
+        prepare_data("builtin:tiny-llama", DataSection(train="/nonexistent.jsonl"), device="cuda")
+    assert prepare_data("builtin:tiny-llama", DataSection(train="builtin:progressions", max_length=40),
+                        device="cpu")[1].train
 
 
 # -- data rows -------------------------------------------------------------------------------------------------
