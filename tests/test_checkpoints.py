@@ -460,3 +460,22 @@ def test_a_run_dir_made_by_release_0_1_0_still_resumes(tmp_path):
         assert again.wait(60) and len(again.trials()) == 5
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"step": 5,\n "time": oops}', "{f}:2: not valid JSON (Expecting value)"),
+    (b'{"step": 5, "time": 1.0,\n "kind": "\xff"}', "{f}:2: not UTF-8 text (byte 0xff at column 11)"),
+    (b'[5]', "{f}: not a checkpoint record"),
+    (b'{"time": 1.0}', "{f}: not a valid checkpoint record (step missing)"),
+    (b'{"step": "5", "time": 1.0, "eval_loss": "low", "kind": "weekly"}',
+     "{f}: not a valid checkpoint record (step = '5', eval_loss = 'low', kind = 'weekly')"),
+])
+def test_a_damaged_checkpoint_json_names_the_file_and_line(tmp_path, content, expected):
+    # It is read by resume, fork and export: a KeyError or a bare decode error there names nothing.
+    info = ckpt.checkpoint_dir(tmp_path, 5) / ckpt.INFO_FILE
+    info.parent.mkdir(parents=True)
+    info.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        ckpt.list_checkpoints(tmp_path)
+    assert str(e.value).startswith(expected.format(f=info)), e.value
+    assert "\n" not in str(e.value)

@@ -11,10 +11,12 @@ import pytest
 
 from tests.conftest import tiny_preset_dict
 from tui_tuner.cli import main
-from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, dump_toml
+from tui_tuner.preset import PRESETS_DIR, DataSection, Preset, PresetError, dump_toml
 
 GOOD = dump_toml(tiny_preset_dict())
 INT_R = ["search.lora_r.type=int", "search.lora_r.low=2", "search.lora_r.high=16"]  # an int range to break
+WARMUP = ["search.warmup_steps.type=int", "search.warmup_steps.low=0"]
+STEPS = ["search.max_steps.type=int", "search.max_steps.low=10", "search.max_steps.high=100"]
 CHAT = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}'
 
 # (what is wrong, preset text or a transform of GOOD, overrides, expected fragment of the one-line error)
@@ -58,6 +60,42 @@ BAD_CASES = [
     ("negative int step", GOOD, [*INT_R, "search.lora_r.step=-2"],
      "--set search.lora_r: 'step > 0' must hold, but got step=-2"),
     ("nan bound", GOOD, ["search.learning_rate.high=nan"], "--set search.learning_rate.high: Input should be a finite"),
+    # Lax pydantic took `true` as 1 (`--set params.batch_size=true` ran with batch 1), "4" as 4, and inf as a
+    # float greater than 0.
+    ("bool as an int param", GOOD, ["params.batch_size=true"], "--set params.batch_size: Input should be a valid "
+     "integer (got True)"),
+    ("bool as a float param", GOOD, ["params.learning_rate=false"], "--set params.learning_rate: Input should be "
+     "a valid number (got False)"),
+    ("bool in the file", GOOD.replace("n_trials = 2", "n_trials = true"), [], "{path}: study.n_trials: Input "
+     "should be a valid integer (got True)"),
+    ("string as an int", GOOD.replace("batch_size = 8", 'batch_size = "8"'), [], "{path}: params.batch_size"),
+    ("float as an int", GOOD, ["params.lora_r=8.0"], "--set params.lora_r: Input should be a valid integer"),
+    ("bool choice for an int", GOOD, ["search.lora_r.type=categorical", "search.lora_r.choices=[4, true]"],
+     "--set search.lora_r: value True is not a valid lora_r: Input should be a valid integer"),
+    ("inf adam_epsilon", GOOD, ["params.adam_epsilon=inf"], "--set params.adam_epsilon: Input should be a finite"),
+    ("inf lora_alpha", GOOD, ["params.lora_alpha=inf"], "--set params.lora_alpha: Input should be a finite"),
+    ("nan lr", GOOD, ["params.learning_rate=nan"], "--set params.learning_rate: Input should be a finite"),
+    ("inf timeout", GOOD, ["study.timeout=inf"], "--set study.timeout: Input should be a finite"),
+    ("inf choice", GOOD, ["search.lora_alpha.type=categorical", "search.lora_alpha.choices=[8, inf]"],
+     "--set search.lora_alpha: value inf is not a valid lora_alpha: Input should be a finite number"),
+    ("zero max_steps", GOOD, ["params.max_steps=0"], "--set params.max_steps: Input should be greater than or "
+     "equal to 1"),
+    ("zero eval_interval", GOOD, ["params.eval_interval=0"], "--set params.eval_interval: Input should be greater"),
+    ("negative lr in the file", GOOD.replace("learning_rate = 0.003", "learning_rate = -0.003"), [],
+     "{path}: params.learning_rate: Input should be greater than 0"),
+    ("warmup longer than the run", GOOD, ["params.warmup_steps=41"],
+     "--set params: warmup_steps (41) is longer than the run (max_steps = 40)"),
+    ("searched warmup past fixed max_steps", GOOD, [*WARMUP, "search.warmup_steps.high=50"],
+     "--set search.warmup_steps: value 50 is not a valid warmup_steps: warmup_steps (50) is longer than the run"),
+    ("searched max_steps under fixed warmup", GOOD, [*STEPS, "params.warmup_steps=20"],
+     "--set search.max_steps: value 10 is not a valid max_steps: warmup_steps (20) is longer than the run"),
+    ("both searched, ranges overlap", GOOD, [*WARMUP, "search.warmup_steps.high=30", *STEPS],
+     "--set search.warmup_steps: goes up to 30 steps but search.max_steps goes down to 10"),
+    # The run dir defaults to runs/<name>.
+    ("name with ../", GOOD.replace('name = "test"', 'name = "../escape"', 1), [],
+     "{path}: name: must be a plain file name"),
+    ("study name with a separator", GOOD, ['study.name="a/b"'], "--set study.name: must be a plain file name"),
+    ("name ..", GOOD, ['name=".."'], "--set name: must be a plain file name"),
     # Sweep.start() builds the grid sampler after it has written the run dir: the preset check must catch this.
     ("grid sampler, float without step", GOOD, ["study.sampler=grid"],
      "{path}: search.learning_rate: the grid sampler needs 'step' on float ranges"),
@@ -102,6 +140,12 @@ BAD_DATA = [
      "{data}:1: messages[0].role is not a string (int)"),
     ("text: later row lacks text", '{"text": "a"}\n{"txt": "b"}\n', "{data}:2: missing key 'text' for format text"),
     ("completion not a string", '{"prompt": "a", "completion": 5}\n', "{data}:1: 'completion' must be a string"),
+    # Empty answers train on the end-of-sequence token alone.
+    ("empty completion", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": " "}\n',
+     "{data}:2: completion is empty: nothing to learn but the end of the sequence"),
+    ("empty text", '{"text": ""}\n', "{data}:1: text is empty"),
+    ("empty final assistant turn", CHAT.replace('"yo"', '""') + "\n",
+     "{data}:1: messages[1].content (the final assistant turn) is empty"),
 ]
 
 
@@ -114,6 +158,70 @@ def test_malformed_data_rows_give_file_and_line(tmp_path, capsys, what, jsonl, e
     err = capsys.readouterr().err
     assert code == 2, err
     _assert_one_line_errors(err, expected.format(data=data))
+    assert not (tmp_path / "run").exists()
+
+
+LONG = "9" * 45  # tokens of the built-in byte-level tokenizer: over the tiny preset's data.max_length (40)
+
+# Found when the data is tokenised (a run, not a dry run: that does not load the tokenizer), still before the run
+# dir is written. (what is wrong, the JSONL file, overrides, the expected error lines; {data} is the file's path)
+BAD_TOKENS = [
+    ("one row: no train/eval split", '{"text": "a b c"}\n', [],
+     ["{data}: 1 usable example(s); holding out data.eval_fraction for evaluation needs at least 2 (one to train "
+      "on, one to evaluate): add records or set data.eval"]),
+    ("prompts over max_length", f'{{"prompt": "1", "completion": "2"}}\n{{"prompt": "{LONG}", "completion": "2"}}'
+     f'\n\n{{"prompt": "{LONG}9", "completion": "2"}}\n', [],
+     ["{data}: 2 of 3 records have a prompt of data.max_length (40) tokens or more: raise it or shorten them",
+      "{data}:2: the prompt is 45 tokens, data.max_length is 40: nothing of the completion is left to learn",
+      "{data}:4: the prompt is 46 tokens, data.max_length is 40: nothing of the completion is left to learn"]),
+    ("max_length over the model's context", '{"text": "a"}\n{"text": "b"}\n', ["data.max_length=300"],
+     ["data.max_length (300) is above the context of builtin:tiny-llama (max_position_embeddings = 256 in its "
+      "config): set data.max_length to 256 or less"]),
+]
+
+
+@pytest.mark.parametrize(("what", "jsonl", "overrides", "expected"), BAD_TOKENS, ids=[c[0] for c in BAD_TOKENS])
+def test_data_that_leaves_nothing_to_train_on_is_refused_before_the_run(tmp_path, capsys, what, jsonl, overrides,
+                                                                        expected):
+    data = tmp_path / "data.jsonl"
+    data.write_text(jsonl)
+    code, _ = _run_cli(tmp_path, dump_toml(tiny_preset_dict(data={"train": "data.jsonl"})), overrides, False)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines() == [f"tui-tuner: error: {line.format(data=data)}" for line in expected]
+    assert not (tmp_path / "run").exists()
+
+
+def test_rows_cut_to_max_length_are_counted_in_a_warning(caplog):
+    from tui_tuner.training.data import tokenize
+    from tui_tuner.training.model import load_tokenizer
+
+    rows = [{"text": "short"}, {"text": LONG}, {"text": LONG * 2}]
+    examples = tokenize(rows, "text", load_tokenizer("builtin:tiny-llama"), 40, "x.jsonl")
+    assert [len(e.ids) for e in examples] == [6, 40, 40]
+    assert caplog.messages == ["x.jsonl: warning: 2 of 3 records are longer than data.max_length (40 tokens; the "
+                               "longest is 91) and are cut to it"]
+
+
+def test_cuda_without_cuda_is_refused_before_the_data_is_prepared():
+    from tui_tuner.training.finetune import prepare_data
+    from tui_tuner.training.model import ModelError
+
+    # conftest makes torch.cuda.is_available() False; without the check every trial failed with this instead.
+    with pytest.raises(ModelError, match=r"^device.type = 'cuda' but no CUDA device is available"):
+        prepare_data("builtin:tiny-llama", DataSection(train="/nonexistent.jsonl"), device="cuda")
+    assert prepare_data("builtin:tiny-llama", DataSection(train="builtin:progressions", max_length=40),
+                        device="cpu")[1].train
+
+
+def test_cuda_without_cuda_from_the_cli_is_one_line_and_writes_nothing(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict(device={"type": "cuda"})))
+    r = subprocess.run([sys.executable, "-m", "tui_tuner.cli", "run", str(preset), "--headless", "--run-dir",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "device.type = 'cuda'" in r.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -311,3 +419,38 @@ def test_dump_toml_escapes_control_characters():
     text = dump_toml(raw)
     assert tomllib.loads(text)["description"] == raw["description"]
     assert Preset.from_dict(tomllib.loads(text)) == Preset.from_dict(raw)
+
+
+def test_warmup_and_max_steps_that_fit_are_accepted(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    assert Preset.load(path, ["params.warmup_steps=40"]).params.warmup_steps == 40  # all warmup: allowed
+    # The fixed max_steps (40) is overridden by the search: warmup up to 50 fits max_steps from 60 on.
+    p = Preset.load(path, [*WARMUP, "search.warmup_steps.high=50", "search.max_steps.type=int",
+                           "search.max_steps.low=60", "search.max_steps.high=100"])
+    assert p.search["warmup_steps"].high == 50
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_non_utf8_preset_names_the_file_and_line(tmp_path, capsys, dry_run):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(GOOD.encode().replace(b"[study]", b'[study]\nname = "caf\xe9"', 1))
+    line = GOOD[: GOOD.index("[study]")].count("\n") + 2
+    args = ["run", str(path), "--run-dir", str(tmp_path / "run")] + (["--dry-run"] if dry_run else ["--headless"])
+    assert main(args) == 2
+    _assert_one_line_errors(capsys.readouterr().err, f"{path}:{line}: not UTF-8 text (byte 0xe9 at column 12)")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+def test_non_utf8_jsonl_lines_are_named_with_the_other_bad_lines(tmp_path, capsys, dry_run):
+    data = tmp_path / "data.jsonl"
+    data.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n{oops\n{"text": "\xff"}\n')
+    code, _ = _run_cli(tmp_path, dump_toml(tiny_preset_dict(data={"train": "data.jsonl"})), [], dry_run)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [f"tui-tuner: error: {data}:2: not UTF-8 text (byte 0xe9 at column 14)",
+                                f"tui-tuner: error: {data}:3: not valid JSON (Expecting property name enclosed "
+                                "in double quotes)",
+                                f"tui-tuner: error: {data}:4: not UTF-8 text (byte 0xff at column 11)"]
+    assert not (tmp_path / "run").exists()

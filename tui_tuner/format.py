@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from json import JSONDecodeError
 from typing import Any
 
 
@@ -49,6 +50,20 @@ def first_line(e: BaseException) -> str:
     """An exception's first line of text (messages from torch or SQLAlchemy run to pages), or its type's name."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def utf8_problem(e: UnicodeDecodeError, where: str, first_line: int = 1) -> str:
+    """'where:line: not UTF-8 text (...)' for bytes that failed to decode (Python's own message names neither the
+    file nor the line); `first_line` is the line number of the start of the bytes decoded."""
+    before = e.object[: e.start]
+    line = first_line + before.count(b"\n")
+    column = e.start - before.rfind(b"\n")  # 1-based, in bytes
+    return f"{where}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at column {column})"
+
+
+def json_problem(e: JSONDecodeError, where: str, first_line: int = 1) -> str:
+    """'where:line: not valid JSON (...)'; `first_line` is the line number of the start of the text parsed."""
+    return f"{where}:{first_line + e.lineno - 1}: not valid JSON ({e.msg})"
 
 
 def error_line(e: BaseException) -> str:

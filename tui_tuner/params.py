@@ -8,12 +8,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 Schedule = Literal["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"]
 
+# Strict: pydantic's lax mode takes `true` as 1 for an int (`--set params.batch_size=true` ran with batch 1) and
+# "4" or 2.0 as 4 or 2; a wrong type is a mistake to report. Strict floats still take ints (`lora_alpha = 16`).
+# No inf/NaN: neither is a usable hyperparameter, and `gt=0` alone lets inf through (adam_epsilon = inf).
+STRICT_NUMBERS = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class TrialParams(BaseModel):
     """Every hyperparameter one trial runs with; each can be fixed in [params] or searched in [search]."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(**STRICT_NUMBERS, validate_assignment=True)
 
     learning_rate: float = Field(1e-4, gt=0)
     batch_size: int | None = Field(None, ge=1, description="unset: ~0.2% of the training examples, at most 256")
@@ -51,6 +55,9 @@ class TrialParams(BaseModel):
     def _budget(self) -> TrialParams:
         if self.max_steps is None and self.epochs is None:
             raise ValueError("set max_steps or epochs")
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) is longer than the run "
+                             f"(max_steps = {self.max_steps})")
         return self
 
     def target_modules(self) -> str | list[str]:

@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 
 import optuna.distributions as od
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AllowInfNan, BaseModel, Field, ValidationError, field_validator, model_validator
 
-from tui_tuner.params import PARAM_NAMES, TrialParams, error_message
+from tui_tuner.format import utf8_problem
+from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
@@ -27,7 +28,15 @@ class PresetError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_NUMBERS
+
+
+def _file_name(value: str | None) -> str | None:
+    """The run dir defaults to runs/<name>: a separator or '..' in the name would put it somewhere else."""
+    if value is not None and (value in ("", ".", "..") or any(c in value for c in "/\\\0")):
+        raise ValueError("must be a plain file name, without '/', '\\' or '..' (it names the run directory "
+                         "runs/<name>)")
+    return value
 
 
 class ModelSection(_Strict):
@@ -47,10 +56,10 @@ class DataSection(_Strict):
 
 class FloatDist(_Strict):
     type: Literal["float"]
-    low: float = Field(allow_inf_nan=False)
-    high: float = Field(allow_inf_nan=False)
+    low: float
+    high: float
     log: bool = False
-    step: float | None = Field(None, allow_inf_nan=False)
+    step: float | None = None
 
     @model_validator(mode="after")
     def _range(self) -> FloatDist:
@@ -92,7 +101,9 @@ def _optuna_accepts(build: Callable[[], od.BaseDistribution]) -> None:
 
 class CategoricalDist(_Strict):
     type: Literal["categorical"]
-    choices: list[str | int | float | bool | None] = Field(min_length=1)
+    # inf/NaN pass here so that the check against the param's own rules names the param (the float branch
+    # refusing them would be one error line per branch of this union).
+    choices: list[str | int | Annotated[float, AllowInfNan(True)] | bool | None] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _optuna(self) -> CategoricalDist:
@@ -102,9 +113,25 @@ class CategoricalDist(_Strict):
 
 Distribution = Annotated[FloatDist | IntDist | CategoricalDist, Field(discriminator="type")]
 
+# Params in a cross-field rule of TrialParams (warmup_steps <= max_steps), and which end of a searched range
+# is the most lenient for the others.
+_LENIENT: dict[str, Callable[[list[int]], int]] = {"max_steps": max, "warmup_steps": min}
+
+
+def _values(dist: FloatDist | IntDist | CategoricalDist) -> list[Any]:
+    """The values that stand for a searched range in load-time checks: its choices, or both bounds."""
+    return list(dist.choices) if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
+
+
+def _extreme(dist: FloatDist | IntDist | CategoricalDist, pick: Callable[[list[int]], int]) -> int | None:
+    """pick() of a searched range's integer values (None when it has none: a wrong type, reported elsewhere)."""
+    ints = [v for v in _values(dist) if isinstance(v, int) and not isinstance(v, bool)]
+    return pick(ints) if ints else None
+
 
 class StudySection(_Strict):
     name: str | None = None
+    _name = field_validator("name")(_file_name)
     direction: Literal["minimize"] = "minimize"
     sampler: Literal["tpe", "random", "grid", "gp", "cmaes"] = "tpe"
     sampler_seed: int | None = 0
@@ -146,18 +173,32 @@ class Preset(_Strict):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     device: DeviceSection = Field(default_factory=DeviceSection)
 
+    _name = field_validator("name")(_file_name)
+
     @model_validator(mode="after")
     def _search_names(self) -> Preset:
-        for key, dist in self.search.items():
+        for key in self.search:
             if key not in PARAM_NAMES:
                 raise ValueError(f"search.{key}: unknown hyperparameter{_did_you_mean(key, PARAM_NAMES)}")
-            values = dist.choices if isinstance(dist, CategoricalDist) else [dist.low, dist.high]
-            for v in values:
+        # A searched partner of a cross-field rule (warmup_steps <= max_steps) takes its most lenient searched
+        # value, not the fixed one the search overrides: a bound fails only when no partner value fits it.
+        lenient = self.params.model_dump()
+        for key, pick in _LENIENT.items():
+            if key in self.search and (v := _extreme(self.search[key], pick)) is not None:
+                lenient[key] = v
+        for key, dist in self.search.items():
+            for v in _values(dist):
                 try:
-                    TrialParams.model_validate({**self.params.model_dump(), key: v})
+                    TrialParams.model_validate({**lenient, key: v})
                 except ValidationError as e:
                     msg = error_message(e.errors()[0])
                     raise ValueError(f"search.{key}: value {v!r} is not a valid {key}: {msg}") from None
+        warmup, steps = self.search.get("warmup_steps"), self.search.get("max_steps")
+        most, fewest = (_extreme(warmup, max), _extreme(steps, min)) if warmup and steps else (None, None)
+        if most is not None and fewest is not None and most > fewest:
+            # Sampled independently, some pairs would have warmup_steps > max_steps: those trials would FAIL.
+            raise ValueError(f"search.warmup_steps: goes up to {most} steps but search.max_steps goes down to "
+                             f"{fewest}: a trial's warmup would be longer than its run")
         return self
 
     @model_validator(mode="after")
@@ -193,9 +234,11 @@ class Preset(_Strict):
         `check_paths=False` skips the model/data existence check (export reads params, never the data)."""
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise PresetError(f"{path}: preset file not found") from None
+        except UnicodeDecodeError as e:
+            raise PresetError(utf8_problem(e, str(path))) from None
         except tomllib.TOMLDecodeError as e:
             raise PresetError(f"{path}: malformed TOML: {e}") from None
         _anchor_paths(raw, path.parent)

@@ -66,7 +66,8 @@ class TorchBackend:
         from tui_tuner.training.finetune import prepare_data
 
         self.set_threads(preset.device.threads_per_trial)
-        self.tokenizer, self.data = prepare_data(preset.model.name, preset.data, preset.model.trust_remote_code)
+        self.tokenizer, self.data = prepare_data(preset.model.name, preset.data, preset.model.trust_remote_code,
+                                                 preset.device.type)
         return len(self.data.train)
 
     def total_steps(self, params: TrialParams) -> int:

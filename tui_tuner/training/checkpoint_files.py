@@ -6,7 +6,9 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
+
+from tui_tuner.format import json_problem, utf8_problem
 
 INFO_FILE = "checkpoint.json"
 
@@ -36,10 +38,39 @@ def list_checkpoints(trial_dir: Path) -> list[CheckpointInfo]:
         for d in root.iterdir():
             info_file = d / INFO_FILE
             if d.name.startswith("step-") and not d.name.endswith(".old") and info_file.is_file():
-                info = json.loads(info_file.read_text())
+                info = read_info(info_file)
                 out.append(CheckpointInfo(info["step"], d, info.get("eval_loss"), info["time"],
                                           info.get("kind", "periodic")))
     return sorted(out, key=lambda c: c.step)
+
+
+def read_info(info_file: Path) -> dict[str, Any]:
+    """A checkpoint.json, checked: a damaged one is a ValueError naming the file (and line), not a KeyError or
+    an unnamed decode error from wherever it is read (resume, fork, export)."""
+    try:
+        info = json.loads(info_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(utf8_problem(e, str(info_file))) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(json_problem(e, str(info_file))) from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{info_file}: not a checkpoint record (a JSON object with 'step' and 'time')")
+    checks = {"step": _is_int(info.get("step")), "time": _is_number(info.get("time")),
+              "eval_loss": info.get("eval_loss") is None or _is_number(info["eval_loss"]),
+              "kind": info.get("kind", "periodic") in get_args(CheckpointKind)}
+    bad = [key for key, ok in checks.items() if not ok]
+    if bad:
+        got = ", ".join(f"{k} = {info[k]!r}" if k in info else f"{k} missing" for k in bad)
+        raise ValueError(f"{info_file}: not a valid checkpoint record ({got})")
+    return info
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def prune_checkpoints(trial_dir: Path, keep: int, keep_best: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import torch
 
-from tui_tuner.format import first_line
+from tui_tuner.format import first_line, json_problem, utf8_problem
 from tui_tuner.preset import BUILTIN_DATA
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -47,14 +50,20 @@ def load_records(path: str) -> list[dict[str, Any]]:
     if path == BUILTIN_DATA:
         return progressions(2000)
     rows, lines, problems = [], [], []
-    with Path(path).open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    # Bytes, decoded a line at a time: a non-UTF-8 line is then one more bad line named like the others.
+    with Path(path).open("rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                problems.append(utf8_problem(e, path, i))
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                problems.append(f"{path}:{i}: not valid JSON ({e.msg})")
+                problems.append(json_problem(e, path, i))
                 continue
             if not isinstance(row, dict):
                 problems.append(f"{path}:{i}: each line must be a JSON object")
@@ -67,11 +76,12 @@ def load_records(path: str) -> list[dict[str, Any]]:
     return Records(rows, lines)
 
 
-def _raise_problems(problems: list[str], path: str) -> None:
-    """At most 10 lines: a file that is wrong throughout should not flood the terminal."""
+def _raise_problems(problems: list[str], path: str, summary: str | None = None) -> None:
+    """At most 10 lines (after an optional summary line): a file that is wrong throughout should not flood the
+    terminal."""
     if problems:
         more = f"\n{path}: ... and {len(problems) - 10} more bad lines" if len(problems) > 10 else ""
-        raise DataError("\n".join(problems[:10]) + more)
+        raise DataError("\n".join(([summary] if summary else []) + problems[:10]) + more)
 
 
 def detect_format(rows: list[dict[str, Any]], declared: str, source: str) -> str:
@@ -111,7 +121,8 @@ def row_problem(row: dict[str, Any], fmt: str) -> str | None:
                 return f"missing key '{key}' for format {fmt}"
             if not isinstance(row[key], str):
                 return f"'{key}' must be a string (got {type(row[key]).__name__})"
-        return None
+        # An empty answer trains on the end-of-sequence token alone (and empty text on nothing at all).
+        return _empty(fields[-1]) if not row[fields[-1]].strip() else None
     if "messages" not in row:
         return "missing key 'messages' for format chat"
     messages = row["messages"]
@@ -124,7 +135,13 @@ def row_problem(row: dict[str, Any], fmt: str) -> str | None:
             if not isinstance(m.get(key), str):
                 what = "missing" if key not in m else f"not a string ({type(m[key]).__name__})"
                 return f"messages[{j}].{key} is {what}"
+    if messages[-1]["role"] == "assistant" and not messages[-1]["content"].strip():
+        return _empty(f"messages[{len(messages) - 1}].content (the final assistant turn)")
     return None
+
+
+def _empty(what: str) -> str:
+    return f"{what} is empty: nothing to learn but the end of the sequence"
 
 
 def _where(rows: list[dict[str, Any]], i: int, source: str) -> str:
@@ -134,11 +151,12 @@ def _where(rows: list[dict[str, Any]], i: int, source: str) -> str:
 
 
 def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: int, source: str) -> list[Example]:
-    """Token ids plus the prompt length; an EOS ends each example so the model learns to stop."""
+    """Token ids plus the prompt length; an EOS ends each example so the model learns to stop. Prompts that fill
+    `max_length` are errors (all at once); examples cut to `max_length` are counted in one logged warning."""
     # Every row's shape first: a malformed row is an error naming its line, not a KeyError mid-way.
     check_rows(rows, fmt, source)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    out = []
+    out, too_long, cut, longest = [], [], 0, 0
     for i, row in enumerate(rows):
         try:
             prompt, completion = _split(row, fmt, tokenizer)
@@ -146,9 +164,21 @@ def tokenize(rows: list[dict[str, Any]], fmt: str, tokenizer: Any, max_length: i
             raise DataError(f"{_where(rows, i, source)}: chat template failed: {first_line(e)}") from None
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos
+        if prompt and len(p_ids) >= max_length:
+            # Cut to max_length, the example would keep no completion token: no loss (or the prompt's alone).
+            too_long.append(f"{_where(rows, i, source)}: the prompt is {len(p_ids)} tokens, data.max_length is "
+                            f"{max_length}: nothing of the completion is left to learn")
+            continue
+        cut += len(p_ids) + len(c_ids) > max_length
+        longest = max(longest, len(p_ids) + len(c_ids))
         ids = (p_ids + c_ids)[:max_length]
         if len(ids) >= 2:
             out.append(Example(ids, min(len(p_ids), len(ids))))
+    _raise_problems(too_long, source, f"{source}: {len(too_long)} of {len(rows)} records have a prompt of "
+                    f"data.max_length ({max_length}) tokens or more: raise it or shorten them")
+    if cut:
+        log.warning("%s: warning: %d of %d records are longer than data.max_length (%d tokens; the longest is %d) "
+                    "and are cut to it", source, cut, len(rows), max_length, longest)
     if not out:
         raise DataError(f"{source}: no usable examples after tokenising")
     return out
@@ -168,7 +198,12 @@ def _split(row: dict[str, Any], fmt: str, tokenizer: Any) -> tuple[str, str]:
     return prompt, full[len(prompt):] if full.startswith(prompt) else messages[-1]["content"]
 
 
-def train_eval_split(examples: list[Example], eval_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def train_eval_split(examples: list[Example], eval_fraction: float, seed: int,
+                     source: str) -> tuple[list[Example], list[Example]]:
+    """A seeded split holding out `eval_fraction` (at least one example); both sides must be non-empty."""
+    if len(examples) < 2:
+        raise DataError(f"{source}: {len(examples)} usable example(s); holding out data.eval_fraction for "
+                        "evaluation needs at least 2 (one to train on, one to evaluate): add records or set data.eval")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(len(examples) * eval_fraction))

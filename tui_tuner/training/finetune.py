@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from tui_tuner.params import TrialParams
+from tui_tuner.preset import PresetError
 from tui_tuner.training import data as D
 from tui_tuner.training.model import (
     adalora_orth_penalty,
     autocast_dtype,
     build_model,
+    check_device,
     load_tokenizer,
+    model_context,
     pick_device,
     sync_adalora_schedule,
 )
@@ -45,8 +48,18 @@ class DataBundle:
     pad_id: int
 
 
-def prepare_data(model_name: str, data_cfg: Any, trust_remote_code: bool = False) -> tuple[Any, DataBundle]:
+def prepare_data(model_name: str, data_cfg: Any, trust_remote_code: bool = False,
+                 device: str | None = None) -> tuple[Any, DataBundle]:
+    """Tokenise and split the data once per sweep, checking what would otherwise fail every trial: the device
+    (`device`, the preset's device.type, when given), data.max_length against the model's context, the rows."""
+    if device is not None:
+        check_device(device)
     tok = load_tokenizer(model_name, trust_remote_code)
+    context = model_context(model_name, trust_remote_code)
+    if context and data_cfg.max_length > context[1]:
+        raise PresetError(f"data.max_length ({data_cfg.max_length}) is above the context of {model_name} "
+                          f"({context[0]} = {context[1]} in its config): set data.max_length to {context[1]} "
+                          "or less")
     rows = D.load_records(data_cfg.train)
     fmt = D.detect_format(rows, data_cfg.format, data_cfg.train)
     examples = D.tokenize(rows, fmt, tok, data_cfg.max_length, data_cfg.train)
@@ -55,7 +68,7 @@ def prepare_data(model_name: str, data_cfg: Any, trust_remote_code: bool = False
         eval_fmt = D.detect_format(eval_rows, data_cfg.format, data_cfg.eval)
         train, ev = examples, D.tokenize(eval_rows, eval_fmt, tok, data_cfg.max_length, data_cfg.eval)
     else:
-        train, ev = D.train_eval_split(examples, data_cfg.eval_fraction, data_cfg.split_seed)
+        train, ev = D.train_eval_split(examples, data_cfg.eval_fraction, data_cfg.split_seed, data_cfg.train)
     return tok, DataBundle(train, ev, tok.pad_token_id)
 
 

@@ -83,10 +83,39 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     return tok
 
 
+# Where configs keep the longest sequence the model takes (Llama/Qwen/most; GPT-2; a few others).
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def model_context(name: str, trust_remote_code: bool = False) -> tuple[str, int] | None:
+    """(config key, value) of the model's context length from its config (config.json only, no weights), or
+    None for a config that names none of the usual keys: then nothing can be checked against it."""
+    from transformers import AutoConfig
+
+    _quiet_transformers()
+    try:
+        cfg = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load the config of {name!r}: {first_line(e)}{_offline_hint(name)}") from None
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # multimodal: the decoder's
+    for key in _CONTEXT_KEYS:
+        value = getattr(text_cfg, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
+    return None
+
+
+def check_device(kind: str) -> None:
+    """device.type = 'cuda' on a machine without CUDA: called before training starts, so it is one error rather
+    than every trial failing with it."""
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device.type = 'cuda' but no CUDA device is available (torch.cuda.is_available() is "
+                         "False): use 'auto' or 'cpu'")
+
+
 def pick_device(kind: str) -> torch.device:
+    check_device(kind)
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ModelError("device.type = 'cuda' but no CUDA device is available")
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
