@@ -106,7 +106,7 @@ SHELL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"), reason="needs tmux (.ci/run installs it)")
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
@@ -133,7 +133,7 @@ def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Si
     _assert_stopped_gracefully(run_dir, were_running)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"), reason="needs tmux (.ci/run installs it)")
 def test_tui_start_failure_is_the_usual_one_line(tmp_path: Path) -> None:
     """The app is up before the data loads: a bad data file still ends in one line on stderr and exit 2."""
     bad = tmp_path / "bad.jsonl"
