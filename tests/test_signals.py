@@ -93,6 +93,10 @@ def test_headless_second_signal_exits_at_once_with_the_resume_hint(tmp_path: Pat
     assert "sweep stopped" in out or f"continue with `tui-tuner resume {run_dir}`" in err, (out, err)
 
 
+# On CI .ci/run installs tmux, so there a missing tmux fails the tests instead of skipping them.
+NEEDS_TMUX = pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"), reason="needs tmux")
+
+
 # -- the TUI, in tmux -------------------------------------------------------------------------------------------
 # A shell in a tmux pane passes the hangup on to its foreground job and exits; this stands in for it and
 # records the job's exit code.
@@ -106,7 +110,7 @@ SHELL = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"), reason="needs tmux (.ci/run installs it)")
+@NEEDS_TMUX
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
@@ -133,7 +137,7 @@ def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Si
     _assert_stopped_gracefully(run_dir, were_running)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None and not os.environ.get("CI"), reason="needs tmux (.ci/run installs it)")
+@NEEDS_TMUX
 def test_tui_start_failure_is_the_usual_one_line(tmp_path: Path) -> None:
     """The app is up before the data loads: a bad data file still ends in one line on stderr and exit 2."""
     bad = tmp_path / "bad.jsonl"
