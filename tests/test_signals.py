@@ -21,10 +21,33 @@ pytestmark = pytest.mark.slow
 SIGNALS = [pytest.param(signal.SIGTERM, id="SIGTERM"), pytest.param(signal.SIGHUP, id="SIGHUP")]
 
 
-def _preset(tmp_path: Path) -> Path:
+def _preset(tmp_path: Path, steps: int = 100000) -> Path:
     path = tmp_path / "p.toml"  # long trials: both still run when the signal comes
-    path.write_text(dump_toml(tiny_preset_dict(params={"max_steps": 100000}, study={"n_trials": 2})))
+    path.write_text(dump_toml(tiny_preset_dict(params={"max_steps": steps}, study={"n_trials": 2})))
     return path
+
+
+def _resume_finishes_them_under_their_numbers(run_dir: Path, were_running: set[int], steps: int) -> None:
+    """The stopped trials are RUNNING in the study, each marked interrupted (none unaccounted for, none told);
+    `resume` continues them from their checkpoints under the same numbers to the end."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from tui_tuner.engine.sweep import Sweep
+
+    again = Sweep.open(run_dir)
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    storage = optuna.storages.JournalStorage(backend)
+    stored = optuna.load_study(study_name="test", storage=storage).trials
+    assert {t.number for t in stored if t.state == TrialState.RUNNING} == were_running
+    assert all("interrupted_at_step" in t.user_attrs for t in stored if t.state == TrialState.RUNNING)
+    again.start()
+    try:
+        assert again.wait(240)
+        assert [(t.number, t.state, t.step) for t in again.trials()] == [(n, "complete", steps)
+                                                                         for n in sorted(were_running)]
+    finally:
+        again.stop()
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -59,8 +82,8 @@ def _assert_stopped_gracefully(run_dir: Path, were_running: set[int]) -> None:
 @pytest.mark.parametrize("sig", SIGNALS)
 def test_headless_run_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path)), "--headless", "--run-dir",
-           str(run_dir)]
+    cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path, steps=600)), "--headless",
+           "--run-dir", str(run_dir)]
     with (tmp_path / "err").open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env())
         try:
@@ -73,6 +96,7 @@ def test_headless_run_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.S
     assert rc == 128 + sig
     _assert_stopped_gracefully(run_dir, were_running)
     assert "Traceback" not in (tmp_path / "err").read_text()
+    _resume_finishes_them_under_their_numbers(run_dir, were_running, steps=600)
 
 
 def test_headless_second_signal_exits_at_once_with_the_resume_hint(tmp_path: Path) -> None:

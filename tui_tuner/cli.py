@@ -100,6 +100,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     """The sweep `run` or `resume` asks for, not started yet; None after a dry run."""
+    from tui_tuner.engine.run_dir import RunDir
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.preset import Preset, PresetError, resolve_preset_path
 
@@ -114,7 +115,7 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
         print(dry_run(preset))
         return None
     run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
-    if (run_dir / "sweep.json").exists():
+    if RunDir(run_dir).meta.exists():
         raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
     return Sweep(preset, run_dir, storage=args.storage)
 
