@@ -43,7 +43,8 @@ class EventLog:
         self._path = path
         self._previous = previous
         self._writer: JsonlWriter | None = None
-        self._unwritten: list[dict[str, Any]] = []  # emitted before open()
+        self._unwritten: list[dict[str, Any]] = []  # emitted before open(), or while the file cannot be written
+        self._failing = False
         self._tail: deque[Event] = deque(maxlen=tail)
         self._seq = itertools.count(1)
         self._lock = threading.Lock()
@@ -62,9 +63,27 @@ class EventLog:
             for ev in mine:  # renumbered after the earlier ones (no client has read them: open() is at start)
                 self._tail.append(Event(next(self._seq), ev.time, ev.kind, ev.trial, ev.message, ev.data))
             self._writer = JsonlWriter(self._path)
-            for row in self._unwritten:
-                self._writer.write(row)
-            self._unwritten.clear()
+            self._write_pending(self._writer)
+
+    def _write_pending(self, writer: JsonlWriter) -> None:
+        """Under _lock: write what is queued, in order. The event log is not worth a trial: a write that fails
+        (disk full, an immutable or unwritable file) keeps the rest queued for the next emit and warns once."""
+        try:
+            while self._unwritten:
+                writer.write(self._unwritten[0])
+                self._unwritten.pop(0)
+        except OSError as e:
+            if not self._failing:
+                self._failing = True
+                log.warning("cannot write %s (%s): events are kept and written once it works again",
+                            self._path, e.strerror or e)
+                self._tail.append(Event(next(self._seq), time.time(), "event_log_failed", None,
+                                        f"cannot write {self._path.name}: {e.strerror or e}; events are kept "
+                                        "and written once it works again"))
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("%s is writable again: the kept events are written", self._path)
 
     @property
     def is_open(self) -> bool:
@@ -77,11 +96,10 @@ class EventLog:
             row["time"] = ev.time
             self._tail.append(ev)
             listeners = list(self._listeners)
+            self._unwritten.append(row)
             writer = self._writer
-            if writer is None:
-                self._unwritten.append(row)
-        if writer is not None:
-            writer.write(row)
+            if writer is not None:
+                self._write_pending(writer)
         for fn in listeners:
             try:
                 fn(ev)  # listeners must not block: the UI's posts a message, headless prints
@@ -106,4 +124,6 @@ class EventLog:
 
     def close(self) -> None:
         if self._writer is not None:
+            with self._lock:
+                self._write_pending(self._writer)
             self._writer.close()

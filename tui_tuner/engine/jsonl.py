@@ -1,34 +1,49 @@
-"""Append-only JSON-lines files, flushed per record so a crash loses nothing already written."""
+"""Append-only JSON-lines files, one write(2) per record so a crash loses nothing already written."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 
 class JsonlWriter:
+    """A record is either written whole or raises OSError with the file as it was (a short write, as on a full
+    disk, is ended with a newline before the next record): a failed write can be retried without tearing a line.
+    No buffer: a write that failed is never written later behind the caller's back."""
+
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = path.open("a", encoding="utf-8")
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._torn = False  # the last write was short: the file does not end with a newline
         self._lock = threading.Lock()
 
     def write(self, row: dict[str, Any]) -> None:
-        line = json.dumps({k: _finite(v) for k, v in row.items()}, separators=(",", ":"))
+        line = (json.dumps({k: _finite(v) for k, v in row.items()}, separators=(",", ":")) + "\n").encode()
         with self._lock:
-            if not self._f.closed:
-                self._f.write(line + "\n")
-                self._f.flush()
+            if self._fd is None:
+                return
+            if self._torn:
+                os.write(self._fd, b"\n")
+                self._torn = False
+            if os.write(self._fd, line) < len(line):  # O_APPEND: one record, one write(2)
+                self._torn = True
+                raise OSError(errno.ENOSPC, f"short write to {self.path} (disk full?)")
 
     @property
     def closed(self) -> bool:
-        return self._f.closed
+        return self._fd is None
 
     def close(self) -> None:
         with self._lock:
-            self._f.close()
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                os.close(fd)
 
 
 def _finite(v: Any) -> Any:

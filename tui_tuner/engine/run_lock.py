@@ -12,8 +12,9 @@ class RunDirLockedError(ValueError):
 
 
 class RunDirLock:
-    """flock(2) on the run dir's lock file: the kernel drops it when the holder dies, even by SIGKILL, so a crashed
-    run can be resumed at once while a live one cannot be resumed twice."""
+    """flock(2) on the run directory itself: the kernel drops it when the holder dies, even by SIGKILL, so a
+    crashed run can be resumed at once while a live one cannot be resumed twice. The directory, not a file in it:
+    a deleted lock file would let a second process lock a new one. `.lock` only tells the holder's pid."""
 
     def __init__(self, fd: int):
         self._fd: int | None = fd
@@ -22,16 +23,22 @@ class RunDirLock:
     def acquire(cls, path: Path) -> RunDirLock:
         """Lock `path` (RunDir.lock) or raise RunDirLockedError naming the holder's pid."""
         run_dir = path.parent
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
+            try:
+                holder = path.read_text(errors="replace").strip()[:32] or "another process"
+            except OSError:
+                holder = "another process"
             raise RunDirLockedError(f"{run_dir} is in use by a running tui-tuner (pid {holder}): "
                                     "stop it first, or use another --run-dir") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            path.write_text(str(os.getpid()))
+        except BaseException:
+            os.close(fd)
+            raise
         return cls(fd)
 
     def release(self) -> None:

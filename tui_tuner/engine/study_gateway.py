@@ -24,7 +24,10 @@ Study user attrs: `concurrency` (the live value, restored by resume).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,33 @@ class StudyGateway:
         """Open the storage only (a bad --storage URL fails here, before the run dir is written)."""
         if self._url:
             self._storage = make_storage(self._journal.parent, self._url)
+
+    def clear_stale_journal_lock(self) -> bool:
+        """Remove the journal's lock file a killed process left (JournalFileBackend retries on it for ~30 s).
+        Only the run-dir lock's holder may call this: no other process can be writing the journal then."""
+        lock = Path(str(self._journal) + ".lock")
+        if self._url or not os.path.lexists(lock):
+            return False
+        lock.unlink()
+        return True
+
+    def repair_torn_journal(self) -> str | None:
+        """A crash or a full disk mid-append leaves the journal ending in a partial record; Optuna would append
+        after it, and no later load could parse the study. Keep a copy, cut the partial record, say what was
+        done (None when the journal is whole). Only the run-dir lock's holder may call this."""
+        path = self._journal
+        if self._url or not path.is_file() or path.stat().st_size == 0:
+            return None
+        data = path.read_bytes()
+        if data.endswith(b"\n"):
+            return None
+        keep = data.rfind(b"\n") + 1
+        backup = path.with_name(f"{path.name}.torn-{int(time.time())}")
+        shutil.copyfile(path, backup)
+        with path.open("r+b") as f:
+            f.truncate(keep)
+        return (f"{path.name} ended in a partial record ({len(data) - keep} bytes, from a crash or a full disk): "
+                f"cut it, the study is intact up to its last whole record (copy kept as {backup.name})")
 
     def open(self, max_resource: int) -> None:
         with self.lock:

@@ -126,6 +126,11 @@ class Sweep:
             self.layout.preset.write_text(p.to_toml())
             self.layout.write_meta(self.storage_url)
         self.events.open()
+        if (repaired := self.gateway.repair_torn_journal()) is not None:
+            self.events.emit("journal_repaired", None, repaired)
+        if self.gateway.clear_stale_journal_lock():  # we hold the run-dir lock: its owner is dead
+            self.events.emit("stale_lock_removed", None, f"removed {self.layout.journal.name}.lock left by a "
+                             "process that died (the run-dir lock proves no live process holds it)")
         self.gateway.open(max_resource=self.backend.total_steps(p.params))
         relaunch: list[TrialRun] = []
         legacy: list[tuple[TrialRun, CheckpointInfo | None]] = []
