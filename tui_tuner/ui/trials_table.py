@@ -17,7 +17,7 @@ STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cy
 
 # key, label, width (None: auto)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("number", "#", 3), ("state", "state", 8), ("step", "step", 9), ("loss", "loss", 5), ("eval", "eval", 5),
+    ("number", "#", 3), ("state", "state", 11), ("step", "step", 9), ("loss", "loss", 5), ("eval", "eval", 5),
     ("best", "best", 5), ("lr", "lr", 7), ("parent", "fork of", 8), ("params", "params", None),
     ("tok_s", "tok/s", 6), ("mem", "peak mem", 8),
 )
@@ -39,7 +39,7 @@ SORTS: tuple[tuple[str, str, Callable[[TrialSnapshot], Any], bool], ...] = (
 
 def trial_cells(t: TrialSnapshot) -> tuple[Any, ...]:
     state = t.state
-    step = f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
+    step = "-" if t.state in ("waiting", "cancelled") else f"{t.step}/{t.total_steps or '?'}"
     parent = f"#{t.parent}@{t.fork_step}" if t.parent is not None else ""
     params = fmt_params({**t.params, **t.overrides})
     return (Text(str(t.number), justify="right"), Text(state, style=STATE_STYLE.get(t.state, "")),
