@@ -10,8 +10,9 @@ import optuna
 
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.run_dir import RunDir
+from tui_tuner.engine.run_lock import RunDirLock, RunDirLockedError
 from tui_tuner.engine.study import make_storage
-from tui_tuner.engine.study_gateway import state_of
+from tui_tuner.engine.study_gateway import repair_torn_journal, state_of
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import list_checkpoints
 
@@ -23,6 +24,7 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     preset = Preset.load(layout.preset, check_paths=False)
     out = out or run_dir
     out.mkdir(parents=True, exist_ok=True)
+    repaired = None if storage_url else _repair_if_idle(layout)
     study = optuna.load_study(study_name=preset.study_name, storage=make_storage(run_dir, storage_url))
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
@@ -38,16 +40,30 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
                         last_step(t, layout.trial(t.number)), t.user_attrs.get("parent_trial", ""),
                         t.user_attrs.get("stopped_by_user", "")])
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    said = f"{repaired}\n" if repaired else ""
     if not done:
-        return f"wrote {out / 'trials.csv'} ({len(trials)} trials); no completed trial yet"
+        return f"{said}wrote {out / 'trials.csv'} ({len(trials)} trials); no completed trial yet"
     best = min(done, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
     full = {**preset.params.model_dump(), **t_overrides(best), **best.params}
     (out / "best_params.json").write_text(json.dumps(
         {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2) + "\n")
     ckpts = list_checkpoints(layout.trial(best.number))
     where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
-    return (f"wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
+    return (f"{said}wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
             f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")
+
+
+def _repair_if_idle(layout: RunDir) -> str | None:
+    """Cut a torn last journal record, as resume does, but only when no live process holds the run: a live
+    writer's half-written append looks torn, and Optuna reads past a partial last line anyway."""
+    try:
+        lock = RunDirLock.acquire(layout.lock)
+    except RunDirLockedError:
+        return None
+    try:
+        return repair_torn_journal(layout.journal)
+    finally:
+        lock.release()
 
 
 # Where the engine's user attrs say a trial ended (killed, pruned, failed, interrupted by a stop).

@@ -58,6 +58,12 @@ class RunDir:
     def error_log(self, n: int) -> Path:
         return self.trial(n) / "error.log"
 
+    def trials_that_ran(self) -> list[Path]:
+        """The metrics files of trials that ran at least one step (a study that lost them must not restart)."""
+        if not self.trials.is_dir():
+            return []
+        return sorted(m for m in self.trials.glob("*/metrics.jsonl") if m.stat().st_size > 0)
+
     def is_run(self) -> bool:
         return self.meta.is_file() and self.preset.is_file()
 

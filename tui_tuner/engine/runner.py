@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ from tui_tuner.engine.jsonl import JsonlWriter
 from tui_tuner.engine.lifecycle import Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.run_dir import RunDir
-from tui_tuner.engine.study_gateway import StudyGateway
+from tui_tuner.engine.study_gateway import StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRun
 from tui_tuner.format import error_line
 from tui_tuner.preset import Preset
@@ -49,6 +50,7 @@ class TrialHost(Protocol):
              by_user: bool = True) -> int: ...
     def enqueue(self, params: dict[str, Any], *, by_user: bool = True) -> int: ...
     def trial_ended(self, run: TrialRun) -> None: ...
+    def storage_failed(self, message: str) -> None: ...
 
 
 class TrialRunner:
@@ -70,12 +72,16 @@ class TrialRunner:
                 self._finish_interrupted()
             except optuna.TrialPruned:
                 self._finish_pruned()
+            except StorageError:
+                raise  # the study's storage broke, not this trial: below
             except Exception as e:  # a failing trial must not take the sweep down
                 if host.stopping:  # e.g. interpreter shutdown under a trial still building: not the trial's fault
                     self._finish_interrupted()
                 else:
                     self._finish_failed(e)
-        except Exception as e:  # a handler itself failed (disk gone, storage error): still end it, told
+        except StorageError as e:  # in training or in a handler: halt the sweep, keep this trial resumable
+            self._guarded("interrupt the trial", functools.partial(self._storage_failed, e))
+        except Exception as e:  # a handler itself failed (disk gone): still end it, told
             self._last_resort(e)
         finally:
             # Each step on its own: a file that cannot be closed (disk full, chattr +i) must never skip the
@@ -241,7 +247,7 @@ class TrialRunner:
         self._end(S.PRUNED, f"trial {run.number} pruned at step {run.step} "
                   f"(eval loss {run.last.get('eval_loss', math.nan):.4f})")
 
-    def _finish_interrupted(self) -> None:
+    def _finish_interrupted(self, because: str = "the sweep stop") -> None:
         """The sweep is stopping: checkpoint, and leave the trial RUNNING in Optuna with where to continue from.
         It is never told: an interruption says nothing about its params, so the sampler must not learn from it."""
         run = self.run
@@ -251,11 +257,23 @@ class TrialRunner:
         # in its dir (a fork's starting point, a resumed trial's last one) is where it continues from.
         saved = list_checkpoints(run.trial_dir)
         at = saved[-1] if saved else None
-        self._set_attrs(interrupted_at_step=at.step if at else 0,
-                        interrupted_checkpoint=self.host.layout.relative(at.path) if at else None,
-                        paused=run.control.paused)
+        try:
+            self._set_attrs(interrupted_at_step=at.step if at else 0,
+                            interrupted_checkpoint=self.host.layout.relative(at.path) if at else None,
+                            paused=run.control.paused)
+        except StorageError as e:
+            # It is RUNNING in the study, and resume continues a RUNNING trial from its newest checkpoint: the
+            # attrs only add where the stop was. Losing them must not turn an interruption into a failure.
+            log.warning("trial %s: interrupted without its stop attrs: %s", run.number, e)
         where = f"checkpoint step {at.step}" if at else "no checkpoint: it restarts from step 0"
-        self._end(S.INTERRUPTED, f"trial {run.number} interrupted at step {run.step} by the sweep stop ({where})")
+        self._end(S.INTERRUPTED, f"trial {run.number} interrupted at step {run.step} by {because} ({where})")
+
+    def _storage_failed(self, e: StorageError) -> None:
+        """The storage failed under this trial: halt the sweep (it stops the other trials too) and end this one
+        interrupted; `resume` continues them all once the storage works again."""
+        self.host.storage_failed(str(e))
+        if self.run.active:
+            self._finish_interrupted(because=f"a storage error ({e})")
 
     def _finish_failed(self, e: BaseException) -> None:
         run = self.run

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
-from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StudyGateway
+from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Command:
-    """What reaches the scheduler: `kind` is wake | concurrency | resume | unqueue | cancel | stop."""
+    """What reaches the scheduler: `kind` is wake | concurrency | resume | unqueue | cancel | halt | stop."""
 
     kind: str
     trial: int | None = None
     value: int | None = None
+    reason: str | None = None  # halt: why
 
 
 WAKE = Command("wake")
@@ -139,6 +140,8 @@ class Scheduler:
             self._resume_pending.remove(c.trial)
         elif c.kind == "cancel" and c.trial is not None:
             self._cancel(c.trial)
+        elif c.kind == "halt" and c.reason is not None:
+            self._halt_on_storage(c.reason)
 
     def must_wait_for_slot(self, run: TrialRun) -> bool:
         """A resume of `run` now would exceed the concurrency: paused trials free their slot and it is paused
@@ -245,10 +248,30 @@ class Scheduler:
         else:
             h.emit("failed", trial.number, f"trial {trial.number} failed: {msg}")
 
+    def _halt_on_storage(self, msg: str) -> None:
+        """The storage failed (a trial's report or tell, or an ask): start nothing more and interrupt every
+        running trial (checkpointed, left RUNNING in the study): their training was fine, and `resume` continues
+        them once the storage works. Failing them would lose them for good."""
+        first = self.halted is None
+        self.halted = self.halted or msg
+        stopped = [r for r in self.host.registry.all() if r.active]
+        for r in stopped:
+            r.control.stop()
+        if first:
+            self.host.emit("sweep_halted", None, f"sweep halted: {msg}; running trials are interrupted "
+                           "(resume continues them)", error=msg, interrupted=[r.number for r in stopped])
+
     def _halt(self, e: Exception) -> None:
         """Starting a trial failed outside any trial (e.g. the sampler): fail the trial the ask had created, if
         any, and start no more; running trials finish. Must not raise: this thread calls it."""
         msg = error_line(e)
+        if isinstance(e, StorageError):  # not the sampler's fault: nothing to fail, everything to keep
+            try:
+                self._halt_on_storage(str(e))
+                self._check_finished()
+            except Exception:
+                log.warning("sweep halted: %s", e)
+            return
         self.halted = msg
         number = self.host.gateway.fail_asked(msg)
         run = self.host.registry.get(number) if number is not None else None

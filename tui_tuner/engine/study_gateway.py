@@ -23,11 +23,14 @@ Study user attrs: `concurrency` (the live value, restored by resume).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +71,39 @@ def state_of(t: FrozenTrial) -> TrialState:
             return TrialState.CANCELLED if a.get("cancelled_by_user") else TrialState.FAILED
 
 
+def repair_torn_journal(path: Path) -> str | None:
+    """A crash or a full disk mid-append leaves the journal ending in a partial record (no newline, or a line
+    that is not JSON, as zeros after a crash on a delayed-allocation filesystem): Optuna would append after it,
+    and no later load could parse the study. Keep a copy, cut the damaged tail back to the last whole record,
+    and say what was done in one line (None when the journal is whole). Only the run-dir lock's holder may call
+    this: a live writer's half-written append looks the same."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    data = path.read_bytes()
+    keep = len(data) if data.endswith(b"\n") else data.rfind(b"\n") + 1
+    while keep:  # whole lines that do not parse, at the end: cut them too (only at the end: see above)
+        start = data.rfind(b"\n", 0, keep - 1) + 1
+        try:
+            json.loads(data[start:keep])
+            break
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            keep = start
+    if keep == len(data):
+        return None
+    backup = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    shutil.copyfile(path, backup)
+    with path.open("r+b") as f:
+        f.truncate(keep)
+        os.fsync(f.fileno())
+    return (f"{path} ended in a damaged record ({len(data) - keep} bytes, from a crash or a full disk): cut it, "
+            f"the study is intact up to its last whole record (copy kept as {backup.name})")
+
+
+class StorageError(RuntimeError):
+    """The study's storage failed (disk full, I/O error on the journal): the sweep halts and its running trials
+    are interrupted, never failed, since their training was fine."""
+
+
 def by_user(attrs: dict[str, Any]) -> bool:
     """Runs made before the attr existed: enqueued and forked trials were the user's."""
     return bool(attrs.get("by_user", attrs.get("origin") in ("enqueue", "fork")))
@@ -102,22 +138,24 @@ class StudyGateway:
         return True
 
     def repair_torn_journal(self) -> str | None:
-        """A crash or a full disk mid-append leaves the journal ending in a partial record; Optuna would append
-        after it, and no later load could parse the study. Keep a copy, cut the partial record, say what was
-        done (None when the journal is whole). Only the run-dir lock's holder may call this."""
-        path = self._journal
-        if self._url or not path.is_file() or path.stat().st_size == 0:
-            return None
-        data = path.read_bytes()
-        if data.endswith(b"\n"):
-            return None
-        keep = data.rfind(b"\n") + 1
-        backup = path.with_name(f"{path.name}.torn-{int(time.time())}")
-        shutil.copyfile(path, backup)
-        with path.open("r+b") as f:
-            f.truncate(keep)
-        return (f"{path.name} ended in a partial record ({len(data) - keep} bytes, from a crash or a full disk): "
-                f"cut it, the study is intact up to its last whole record (copy kept as {backup.name})")
+        """See `repair_torn_journal`; a --storage URL has no journal file to repair."""
+        return None if self._url else repair_torn_journal(self._journal)
+
+    @property
+    def where(self) -> str:
+        """The storage, as the user named it (the --storage URL, or the run dir's journal path)."""
+        return f"--storage {self._url}" if self._url else str(self._journal)
+
+    def existing_trials(self) -> int | None:
+        """How many trials the storage already holds in a study of this sweep's name; None when it holds no
+        such study (before `open`, which would create it)."""
+        with self.lock, self._storage_call("read the study"):
+            self._storage = self._storage or make_storage(self._journal.parent, None)
+            try:
+                study_id = self._storage.get_study_id_from_name(self.preset.study_name)
+            except KeyError:
+                return None
+            return len(self._storage.get_all_trials(study_id, deepcopy=False))
 
     def open(self, max_resource: int) -> None:
         with self.lock:
@@ -150,7 +188,7 @@ class StudyGateway:
     # -- the scheduler's calls -----------------------------------------------------------------
     def ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
         """The next trial: an enqueued WAITING one first, else a sampler proposal; with its user attrs."""
-        with self.lock:
+        with self.lock, self._storage_call("ask"):
             self._asking = None  # set by the sampler's before_trial hook once the trial exists
             trial = self.study.ask()
             attrs = dict(trial.user_attrs)
@@ -195,29 +233,39 @@ class StudyGateway:
         return number
 
     def set_study_attr(self, key: str, value: Any) -> None:
-        with self.lock:
+        with self.lock, self._storage_call("set_study_user_attr"):
             self.study.set_user_attr(key, value)
 
     # -- a trial thread's calls ----------------------------------------------------------------
     def report(self, trial: optuna.Trial, value: float, step: int) -> None:
-        with self.lock:
+        with self.lock, self._storage_call(f"trial {trial.number}: report"):
             trial.report(value, step)
 
     def should_prune(self, trial: optuna.Trial) -> bool:
-        with self.lock:
+        with self.lock, self._storage_call(f"trial {trial.number}: should_prune"):
             return trial.should_prune()
 
     def set_attrs(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-        with self.lock:
+        with self.lock, self._storage_call(f"trial {trial.number}: set_user_attr"):
             for k, v in attrs.items():
                 trial.set_user_attr(k, v)
 
     def tell(self, trial: optuna.Trial, state: OptunaState, value: float | None = None) -> None:
-        with self.lock:
+        with self.lock, self._storage_call(f"trial {trial.number}: tell"):
             if state == OptunaState.COMPLETE:
                 self.study.tell(trial, value, skip_if_finished=True)
             else:
                 self.study.tell(trial, state=state, skip_if_finished=True)
+
+    @contextlib.contextmanager
+    def _storage_call(self, what: str) -> Iterator[None]:
+        """An OSError out of the storage (the journal's disk is full, an I/O error) is the study's fault, not
+        the trial's: raised as StorageError, so the trial ends interrupted and the sweep halts."""
+        try:
+            yield
+        except OSError as e:
+            where = self._url or str(self._journal)
+            raise StorageError(f"storage {where}: {what} failed: {error_line(e)}") from e
 
     def _track_asks(self, sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
         """Record which trial an ask created (Optuna calls before_trial as soon as it exists), so a failing ask

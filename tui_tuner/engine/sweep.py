@@ -56,7 +56,7 @@ class Sweep:
 
     def __init__(self, preset: Preset, run_dir: str | Path, storage: str | None = None,
                  n_trials: int | None = None, _resuming: bool = False, backend: Backend | None = None,
-                 resume_paused: bool = False):
+                 resume_paused: bool = False, join: bool = False):
         if n_trials is not None:
             preset = preset.model_copy(update={"study": preset.study.model_copy(update={"n_trials": n_trials})})
         self.preset = preset
@@ -66,6 +66,7 @@ class Sweep:
         self.backend: Backend = backend or TorchBackend()
         self._resuming = _resuming
         self._resume_paused = resume_paused  # a reopened run's paused trials continue running (headless, scripts)
+        self.join = join  # a new sweep may add to a study its storage already holds (else SweepError)
         self.registry = TrialRegistry()
         self.gateway = StudyGateway(preset, self.layout.journal, storage)
         self.scheduler = Scheduler(self, preset.study.concurrency)
@@ -121,16 +122,18 @@ class Sweep:
 
     def _open_study(self) -> None:
         p = self.preset
-        self.layout.trials.mkdir(exist_ok=True)
-        if not self._resuming:
-            self.layout.preset.write_text(p.to_toml())
-            self.layout.write_meta(self.storage_url)
-        self.events.open()
+        # Events emitted before events.open() are kept and written by it, after the earlier process's ones.
         if (repaired := self.gateway.repair_torn_journal()) is not None:
             self.events.emit("journal_repaired", None, repaired)
         if self.gateway.clear_stale_journal_lock():  # we hold the run-dir lock: its owner is dead
             self.events.emit("stale_lock_removed", None, f"removed {self.layout.journal.name}.lock left by a "
                              "process that died (the run-dir lock proves no live process holds it)")
+        self._check_study_is_ours()  # before anything is written
+        self.layout.trials.mkdir(exist_ok=True)
+        if not self._resuming:
+            self.layout.preset.write_text(p.to_toml())
+            self.layout.write_meta(self.storage_url)
+        self.events.open()
         self.gateway.open(max_resource=self.backend.total_steps(p.params))
         relaunch: list[TrialRun] = []
         legacy: list[tuple[TrialRun, CheckpointInfo | None]] = []
@@ -158,6 +161,22 @@ class Sweep:
         for run, source in legacy:
             self._continue_legacy(run, source)
         self.scheduler.start(relaunch)
+
+    def _check_study_is_ours(self) -> None:
+        """A new sweep must not add trials to a study that is already there (a --run-dir holding another run's
+        journal, two runs on one --storage) unless asked to `join`; a resumed one must not start its study
+        over when the study is gone but its trials' files are not (new trial 0 would append to old files)."""
+        name, where = self.preset.study_name, self.gateway.where
+        n = self.gateway.existing_trials()
+        if not self._resuming and n is not None and not self.join:
+            raise SweepError(f"{where} already holds a study {name!r} ({n} trial{'s' if n != 1 else ''}): a new "
+                             "sweep would add to it; resume that run, use another --run-dir or study name, or "
+                             "join it on purpose (join=True)")
+        ran = self.layout.trials_that_ran() if self._resuming and not n else []
+        if ran:
+            raise SweepError(f"{where}: holds no study {name!r}, but {self.layout.trials} holds {len(ran)} "
+                             f"trial(s) that ran (e.g. {ran[0]}): refusing to start the study over on their "
+                             "files; restore the journal (or a copy such as optuna.journal.torn-*) first")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the budget is spent and every trial has ended; True if it has."""
@@ -434,6 +453,10 @@ class Sweep:
     def trial_ended(self, run: TrialRun) -> None:
         run.reaped = True
         self.scheduler.wake()
+
+    def storage_failed(self, message: str) -> None:
+        """A trial thread's storage call failed: the scheduler halts the sweep and interrupts the trials."""
+        self.scheduler.send(Command("halt", reason=message))
 
     # -- reads ---------------------------------------------------------------------------------
     def trials(self) -> list[TrialSnapshot]:
