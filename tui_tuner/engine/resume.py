@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial
@@ -12,12 +14,14 @@ from pydantic import ValidationError
 
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.lifecycle import TrialState as S
-from tui_tuner.engine.run_dir import RunDir
+from tui_tuner.engine.run_dir import RunDir, stage_copy
 from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StudyGateway, by_user, state_of
 from tui_tuner.engine.trial import TrialRun
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import Preset
-from tui_tuner.training.checkpoint_files import CheckpointInfo, list_checkpoints
+from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, checkpoint_problem, list_checkpoints
+
+Note = tuple[str, int | None, str, dict[str, Any]]  # (event kind, trial, message, data)
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Reloaded:
     sampled: int = 0  # sampler-proposed trials already spent from the budget
     concurrency: int | None = None  # the live value when the run stopped
     legacy: list[tuple[TrialRun, CheckpointInfo | None]] = field(default_factory=list)  # 0.1.0 stops, see below
+    notes: list[Note] = field(default_factory=list)  # events for the sweep to emit: what the reload repaired
 
 
 def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
@@ -34,9 +39,11 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
     """Records of every trial in the study, and what the relaunch needs (its budget, concurrency, pauses)."""
     events = read_jsonl(layout.events)
     paused_legacy = _paused_at_death(events)
+    notes: list[Note] = []
+    _repair_waiting_forks(gateway, layout, notes)  # before the records: a cancelled fork is read back as such
     trials = gateway.trials()
     continued = {t.user_attrs.get("continues") for t in trials}
-    out = Reloaded(concurrency=gateway.study_attr(CONCURRENCY_ATTR) or _last_concurrency(events))
+    out = Reloaded(concurrency=gateway.study_attr(CONCURRENCY_ATTR) or _last_concurrency(events), notes=notes)
     by_number: dict[int, TrialRun] = {}
     for t in trials:
         a = t.user_attrs
@@ -52,9 +59,19 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
         ckpts = list_checkpoints(run.trial_dir)
         run.checkpoints = ckpts
         if t.state == OptunaState.RUNNING:
-            start = _resume_point(ckpts)
-            _load_history(run, by_number, start.step if start else 0)
+            restage = (lambda run=run, a=a: _restage_fork(layout, a, run)) if run.fork_step is not None else None
+            start = _resume_point(run, ckpts, layout, out.notes, restage)
             run.trial = gateway.handle(t)
+            if start is None and run.fork_step is not None:
+                # A fork from step 0 would be another trial under its number: fail it, naming what is gone.
+                run.error = (f"no intact checkpoint to continue from (its own are damaged or gone, and so is "
+                             f"its parent's {a.get('fork_checkpoint')})")
+                gateway.set_attrs(run.trial, {"error": run.error})
+                gateway.tell(run.trial, OptunaState.FAIL)
+                run.state = S.FAILED
+                _load_history(run, by_number, None)
+                continue
+            _load_history(run, by_number, start.step if start else 0)
             run.resume_from = start.path if start else None
             run.has_report = bool(t.intermediate_values)
             if a.get("paused", t.number in paused_legacy):
@@ -100,11 +117,88 @@ def _legacy_stop_point(a: dict[str, Any], ckpts: list[CheckpointInfo], layout: R
     return None
 
 
-def _resume_point(ckpts: list[CheckpointInfo]) -> CheckpointInfo | None:
-    """Where an interrupted trial continues: its newest checkpoint (the stop's; after a crash, the last periodic
-    one, which may be newer than an earlier stop's; for a fork that never stepped, its fork checkpoint), else
-    None (from step 0)."""
-    return ckpts[-1] if ckpts else None
+def _resume_point(run: TrialRun, ckpts: list[CheckpointInfo], layout: RunDir, notes: list[Note],
+                  restage: Callable[[], CheckpointInfo | None] | None) -> CheckpointInfo | None:
+    """Where an interrupted trial continues: its newest intact checkpoint (the stop's; after a crash, the last
+    periodic one, which may be newer than an earlier stop's; for a fork that never stepped, its fork checkpoint;
+    for a fork whose own are all damaged, its parent's again, via `restage`), else None (from step 0). Every
+    checkpoint passed over, and a recorded stop checkpoint that is gone, is said in a note: never silently."""
+    n = run.number
+    damaged: list[tuple[CheckpointInfo, str]] = []
+    chosen: CheckpointInfo | None = None
+    for c in reversed(ckpts):
+        problem = checkpoint_problem(c.path)
+        if problem is None:
+            chosen = c
+            break
+        damaged.append((c, problem))
+    instead = f"it continues from step {chosen.step}" if chosen else ""
+    if chosen is None and restage is not None:
+        chosen = restage()
+        instead = (f"it continues from its fork checkpoint (step {chosen.step}), copied again from its parent's"
+                   if chosen else "its parent's fork checkpoint is gone too: it fails")
+    if chosen is None and not instead:
+        instead = "no intact checkpoint is left: it restarts from step 0"
+    used = chosen.step if chosen else None
+    for c, problem in damaged:
+        notes.append(("checkpoint_damaged", n, f"trial {n}: checkpoint step {c.step} is damaged ({problem}); "
+                      f"{instead}", {"step": c.step, "problem": problem, "used_step": used}))
+    a = run.user_attrs
+    stop_step, recorded = a.get("interrupted_at_step"), layout.resolve(a.get("interrupted_checkpoint"))
+    newest = ckpts[-1].step if ckpts else -1
+    # A stop checkpoint older than the newest one was superseded (and may have been pruned): not news. One at
+    # least as new as every checkpoint left was the one to continue from, and someone deleted it.
+    if recorded is not None and not recorded.is_dir() and isinstance(stop_step, int) and stop_step >= newest:
+        notes.append(("resume_checkpoint_missing", n, f"trial {n}: its stop checkpoint "
+                      f"{a['interrupted_checkpoint']} (step {stop_step}) is gone; {instead}",
+                      {"step": stop_step, "used_step": used}))
+    return chosen
+
+
+def _restage(layout: RunDir, a: dict[str, Any], dest: Path) -> bool:
+    """Copy a fork's checkpoint again from its parent's (`fork_checkpoint`), if that is still there and intact."""
+    src = layout.resolve(a.get("fork_checkpoint"))
+    if src is None or not src.is_dir() or checkpoint_problem(src) is not None:
+        return False
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = stage_copy(src, layout.trials)
+    try:
+        staged.rename(dest)
+    finally:
+        shutil.rmtree(staged.parent, ignore_errors=True)
+    return True
+
+
+def _restage_fork(layout: RunDir, a: dict[str, Any], run: TrialRun) -> CheckpointInfo | None:
+    assert run.fork_step is not None
+    if not _restage(layout, a, checkpoint_dir(run.trial_dir, run.fork_step)):
+        return None
+    run.checkpoints = list_checkpoints(run.trial_dir)
+    return next((c for c in run.checkpoints if c.step == run.fork_step), None)
+
+
+def _repair_waiting_forks(gateway: StudyGateway, layout: RunDir, notes: list[Note]) -> None:
+    """A crash between a fork's enqueue and the rename of its checkpoint copy leaves a queued fork without its
+    starting point: copy it again from the parent's checkpoint, or cancel the fork saying why (running it would
+    raise FileNotFoundError, or worse, start it from step 0)."""
+    for t in gateway.trials():
+        a = t.user_attrs
+        if t.state != OptunaState.WAITING or a.get("origin") != "fork" or not isinstance(a.get("fork_step"), int):
+            continue
+        n, dest = t.number, checkpoint_dir(layout.trial(t.number), a["fork_step"])
+        problem = checkpoint_problem(dest) if dest.is_dir() else f"{layout.relative(dest)} is missing"
+        if problem is None:
+            continue
+        if _restage(layout, a, dest):
+            notes.append(("fork_restaged", n, f"trial {n}: its fork checkpoint was damaged or lost ({problem}); "
+                          f"copied again from {a.get('fork_checkpoint')}", {"problem": problem}))
+            continue
+        reason = (f"its fork checkpoint is damaged or lost ({problem}) and its parent's "
+                  f"{a.get('fork_checkpoint')} is gone too")
+        gateway.cancel_waiting(t, reason=reason)
+        notes.append(("fork_cancelled", n, f"trial {n} cancelled: {reason}", {"problem": problem}))
 
 
 def _load_history(run: TrialRun, runs: dict[int, TrialRun], until: int | None) -> None:

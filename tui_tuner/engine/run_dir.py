@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,29 @@ class RunDir:
             return []
         return sorted(m for m in self.trials.glob("*/metrics.jsonl") if m.stat().st_size > 0)
 
+    def clean_leftovers(self) -> list[str]:
+        """Remove what a crash mid-write leaves (run-dir lock holder only): fork staging dirs and checkpoint
+        temp dirs, never whole checkpoints. A `step-<k>.old` whose `step-<k>` is missing is the checkpoint a
+        crash cut off mid re-save: it is put back, not removed. What was done, one item each."""
+        done: list[str] = []
+        if not self.trials.is_dir():
+            return done
+        for d in sorted(self.trials.glob(".staging-*")):
+            shutil.rmtree(d, ignore_errors=True)
+            done.append(f"removed {self.relative(d)}")
+        for d in sorted(self.trials.glob("*/checkpoints/.tmp-step-*")):
+            shutil.rmtree(d, ignore_errors=True)
+            done.append(f"removed {self.relative(d)}")
+        for d in sorted(self.trials.glob("*/checkpoints/step-*.old")):
+            whole = d.with_name(d.name.removesuffix(".old"))
+            if whole.exists():
+                shutil.rmtree(d, ignore_errors=True)
+                done.append(f"removed {self.relative(d)}")
+            else:
+                d.rename(whole)
+                done.append(f"restored {self.relative(whole)} from {d.name}")
+        return done
+
     def is_run(self) -> bool:
         return self.meta.is_file() and self.preset.is_file()
 
@@ -103,3 +129,23 @@ class RunDir:
         if len(parts) >= 4 and parts[-4] == "trials" and parts[-2] == "checkpoints":
             return self.root.joinpath(*parts[-4:])
         return p
+
+
+def stage_copy(src: Path, root: Path) -> Path:
+    """Hard-link a checkpoint dir into a new `.staging-*` dir under `root` (no copy of the bytes; it survives the
+    source's pruning), to be renamed into place; its parent is removed by the caller. OSError on failure, with
+    nothing left behind."""
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root)) / src.name
+    try:
+        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    except OSError:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or one without hard links
+        shutil.copy2(src, dst)

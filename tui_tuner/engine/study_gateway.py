@@ -13,6 +13,7 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
 | cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |
 | | | trial that never ran teaches them nothing; PRUNED would read as "a bad configuration") |
+| cancelled_reason | cancelled by resume | a queued fork whose checkpoint is lost with its parent's: Optuna FAIL |
 | interrupted_at_step, interrupted_checkpoint | interrupted | a sweep stop ended it; it stays RUNNING in Optuna |
 | | | (never told, so the sampler never learns from an interruption) and `resume` continues it |
 | paused | paused / resumed | True while paused: a resume brings it back paused |
@@ -68,7 +69,8 @@ def state_of(t: FrozenTrial) -> TrialState:
             legacy_stop = "interrupted_at_step" in a and "pruned_at_step" not in a
             return TrialState.INTERRUPTED if legacy_stop else TrialState.PRUNED
         case _:
-            return TrialState.CANCELLED if a.get("cancelled_by_user") else TrialState.FAILED
+            cancelled = a.get("cancelled_by_user") or a.get("cancelled_reason")
+            return TrialState.CANCELLED if cancelled else TrialState.FAILED
 
 
 def repair_torn_journal(path: Path) -> str | None:
@@ -209,12 +211,16 @@ class StudyGateway:
             self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
             return self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))[-1]
 
-    def cancel_waiting(self, t: FrozenTrial | int) -> None:
-        """Mark a queued trial FAIL with cancelled_by_user (Optuna's tell refuses WAITING trials; the storage does
-        not, and only the scheduler thread asks, so no ask can pop it meanwhile)."""
+    def cancel_waiting(self, t: FrozenTrial | int, reason: str | None = None) -> None:
+        """Mark a queued trial FAIL with cancelled_by_user, or with `cancelled_reason` when the engine cancels it
+        (Optuna's tell refuses WAITING trials; the storage does not, and only the scheduler thread asks, or the
+        resume before it starts, so no ask can pop it meanwhile)."""
         with self.lock:
             tid = t._trial_id if isinstance(t, FrozenTrial) else self.study.trials[t]._trial_id
-            self.storage.set_trial_user_attr(tid, "cancelled_by_user", True)
+            if reason is None:
+                self.storage.set_trial_user_attr(tid, "cancelled_by_user", True)
+            else:
+                self.storage.set_trial_user_attr(tid, "cancelled_reason", reason)
             self.storage.set_trial_state_values(tid, OptunaState.FAIL)
 
     def fail_asked(self, msg: str) -> int | None:

@@ -15,7 +15,6 @@ import atexit
 import logging
 import math
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from tui_tuner.engine.events import Event, EventLog
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
-from tui_tuner.engine.run_dir import RunDir, RunDirError
+from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
@@ -129,6 +128,8 @@ class Sweep:
             self.events.emit("stale_lock_removed", None, f"removed {self.layout.journal.name}.lock left by a "
                              "process that died (the run-dir lock proves no live process holds it)")
         self._check_study_is_ours()  # before anything is written
+        if left := self.layout.clean_leftovers():  # a crash mid-fork or mid-checkpoint left these
+            self.events.emit("leftovers_removed", None, f"cleaned up after a crash: {'; '.join(left)}", items=left)
         self.layout.trials.mkdir(exist_ok=True)
         if not self._resuming:
             self.layout.preset.write_text(p.to_toml())
@@ -145,6 +146,8 @@ class Sweep:
             if got.concurrency:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
+            for kind, trial, message, data in got.notes:
+                self.events.emit(kind, trial, message, **data)
             if self._resume_paused:
                 for run in relaunch:
                     run.control.resume()
@@ -518,24 +521,10 @@ class Sweep:
 
 
 def _stage_tree(src: Path, root: Path) -> Path:
-    """Hard-link a checkpoint into a staging dir under `root` (no copy of the bytes; it survives the parent's
-    pruning), to be renamed into the child's dir."""
-    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=root)) / src.name
     try:
-        shutil.copytree(src, tmp, copy_function=_link_or_copy)
+        return stage_copy(src, root)
     except OSError as e:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
         raise SweepError(f"fork: cannot copy checkpoint {src}: {e.strerror or e}") from None
-    return tmp
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    import os
-
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 __all__ = ["FINISHED", "PresetError", "Sweep", "SweepError"]

@@ -20,6 +20,7 @@ from tui_tuner.training.checkpoint_files import (  # noqa: F401  (re-exported: t
     CheckpointInfo,
     CheckpointKind,
     checkpoint_dir,
+    file_digests,
     list_checkpoints,
     prune_checkpoints,
 )
@@ -56,7 +57,7 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
         }
         torch.save(state, tmp / STATE_FILE)
         info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method,
-                "kind": kind}
+                "kind": kind, "files": file_digests(tmp)}  # resume verifies what it continues from
         (tmp / INFO_FILE).write_text(json.dumps(info))
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. on demand after a periodic one)

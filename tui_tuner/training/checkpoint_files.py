@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -84,3 +85,50 @@ def prune_checkpoints(trial_dir: Path, keep: int, keep_best: bool) -> None:
     for c in ckpts:
         if c.step not in keep_set:
             shutil.rmtree(c.path, ignore_errors=True)
+
+
+def file_digests(d: Path) -> dict[str, dict[str, int | str]]:
+    """Size and sha256 of each file of a checkpoint dir (its checkpoint.json aside), recorded in checkpoint.json
+    at save time so a resume can tell a damaged checkpoint (truncated, bit-rotted, a file deleted) from a good
+    one before loading it."""
+    out: dict[str, dict[str, int | str]] = {}
+    for f in sorted(d.iterdir()):
+        if f.is_file() and f.name != INFO_FILE:
+            out[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+    return out
+
+
+def _sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with f.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoint_problem(d: Path) -> str | None:
+    """None if the checkpoint in `d` is intact, else one line naming the damaged file. Checkpoints written
+    before checkpoint.json recorded digests are checked for presence and non-empty files only."""
+    info_file = d / INFO_FILE
+    if not info_file.is_file():
+        return f"{info_file}: missing"
+    try:
+        files = read_info(info_file).get("files")
+    except ValueError as e:
+        return str(e)
+    if not isinstance(files, dict):  # an old checkpoint: no sizes or hashes to compare
+        others = [f for f in d.iterdir() if f.name != INFO_FILE]
+        if not others:
+            return f"{d}: holds no checkpoint files"
+        empty = next((f for f in sorted(others) if f.is_file() and f.stat().st_size == 0), None)
+        return f"{empty}: empty" if empty is not None else None
+    for name, want in sorted(files.items()):
+        f = d / name
+        if not f.is_file():
+            return f"{f}: missing"
+        size = f.stat().st_size
+        if size != want.get("size"):
+            return f"{f}: {size} bytes, {want.get('size')} were written"
+        if want.get("sha256") and _sha256(f) != want["sha256"]:
+            return f"{f}: sha256 differs from the one written at save time"
+    return None
