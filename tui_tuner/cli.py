@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a preset field, e.g. --set params.learning_rate=3e-4 (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the search space, then exit")
+    _engine_options(run)
 
     res = sub.add_parser("resume", help="continue a run directory after a crash or a stop")
     res.add_argument("run_dir")
@@ -40,15 +41,29 @@ def _parser() -> argparse.ArgumentParser:
     res.add_argument("--n-trials", type=int, help="raise the trial budget")
     res.add_argument("--resume-paused", action="store_true",
                      help="trials that were paused continue running (they come back paused otherwise)")
+    _engine_options(res)
 
     exp = sub.add_parser("export", help="write best params (JSON) and a results table (CSV) of a run")
     exp.add_argument("run_dir")
     exp.add_argument("--out", help="directory for best_params.json and trials.csv (default: the run dir)")
 
+    from tui_tuner.ctl import add_parsers
+
+    add_parsers(sub)
+
     pre = sub.add_parser("presets", help="list bundled presets, or `presets show NAME`")
     pre.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     pre.add_argument("name", nargs="?")
     return ap
+
+
+def _engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detach", action="store_true",
+                   help="start the sweep in the background and return (then: tui-tuner attach RUN_DIR)")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="also serve the control API on this TCP address (e.g. 127.0.0.1:8765, for ssh -L), "
+                        "behind a token printed once")
+    p.add_argument("--as-engine", action="store_true", help=argparse.SUPPRESS)  # the background engine itself
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,22 +95,48 @@ def _error_lines(e: BaseException) -> list[str]:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.cmd == "presets":
         return _presets(args.action, args.name)
+    if args.cmd in ("ctl", "attach", "ls"):
+        from tui_tuner import ctl
+
+        return ctl.ls() if args.cmd == "ls" else getattr(ctl, args.cmd)(args)
     if args.cmd == "export":
         from tui_tuner.export import export_run
 
         print(export_run(Path(args.run_dir), Path(args.out) if args.out else None))
         return 0
-    sweep = _open_sweep(args)
-    if sweep is None:  # --dry-run: printed, nothing to run
-        return 0
-    if args.headless or not sys.stdout.isatty() or os.environ.get("TUI_TUNER_HEADLESS"):
-        from tui_tuner.headless import run_headless
+    headless = args.headless or os.environ.get("TUI_TUNER_HEADLESS") or (not sys.stdout.isatty() and not args.detach)
+    if args.as_engine or headless or getattr(args, "dry_run", False):
+        sweep = _open_sweep(args)
+        if sweep is None:  # --dry-run: printed, nothing to run
+            return 0
+        return _serve(sweep, args)
+    from tui_tuner.background import start_in_background
 
+    return start_in_background(args)  # the app (or --detach) as a client of an engine in its own process
+
+
+def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
+    """This process is the engine: it serves the control API on <run_dir>/control.sock (and --listen) from
+    before the model loads until it exits, and prints like headless (to engine.log when in the background)."""
+    from tui_tuner.api.server import ApiServer
+    from tui_tuner.headless import run_headless
+
+    sweep.claim()  # the run-dir lock first: it alone decides which engine serves the run
+    server = ApiServer(sweep, listen=args.listen, token=os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)).start()
+    try:
+        if args.listen and not args.as_engine:
+            print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)
         sweep.start()
-        return run_headless(sweep)
-    from tui_tuner.ui.app import run_app
+        return run_headless(sweep, background=args.as_engine)
+    finally:
+        server.close()
 
-    return run_app(sweep, start=True)  # the app paints first; the model and data load behind it
+
+def listening_hint(url: str, token: str) -> str:
+    port = url.rpartition(":")[2]
+    return (f"control API on {url}; its token (shown this once): {token}\n"
+            f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS_BOX, then "
+            f"TUI_TUNER_TOKEN={token} tui-tuner attach http://127.0.0.1:{port}")
 
 
 def _open_sweep(args: argparse.Namespace) -> Sweep | None:

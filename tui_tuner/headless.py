@@ -20,9 +20,10 @@ def _still(sweep: Sweep, paused: list[int], settle_s: float = 0.5) -> bool:
     return sweep.only_paused_left == paused
 
 
-def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None) -> int:
-    """Print events and tables until the budget is spent (exit 0) or a Ctrl-C / SIGTERM / SIGHUP stops the sweep
-    gracefully (exit 128 + the signal); a second one during that stop exits at once."""
+def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None, background: bool = False) -> int:
+    """Print events and tables until the budget is spent (exit 0), a client stops the sweep over the API, or a
+    Ctrl-C / SIGTERM / SIGHUP stops it gracefully (exit 128 + the signal); a second one during that stop exits
+    at once. In the `background` (a detached engine) paused trials wait for a client to resume them."""
     # Looked up per call, not bound as the default at import: sys.stdout may since have been replaced (and the
     # old one closed), as pytest's capture does between tests.
     out = out or sys.stdout
@@ -48,8 +49,15 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
     try:
         try:
             next_table = time.monotonic() + table_every
+            told_paused: list[int] = []
             while not sweep.wait(min(1.0, table_every)):
-                if (paused := sweep.only_paused_left) and _still(sweep, paused):
+                if background:
+                    if (paused := sweep.only_paused_left) and paused != told_paused and _still(sweep, paused):
+                        told_paused = paused
+                        say(f"only paused trials are left ({', '.join(f'#{n}' for n in paused)}): waiting for a "
+                            f"client; `tui-tuner ctl {sweep.run_dir} resume {paused[0]}` or `tui-tuner attach "
+                            f"{sweep.run_dir}`", out)
+                elif (paused := sweep.only_paused_left) and _still(sweep, paused):
                     # Nobody can press resume here: stop (they stay paused) rather than wait forever.
                     names = ", ".join(f"#{n}" for n in paused)
                     say(f"tui-tuner: only paused trials are left ({names}) and headless mode cannot resume them: "

@@ -7,15 +7,26 @@ import contextlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
 from tui_tuner.state_words import count_words
 
 if TYPE_CHECKING:
-    from tui_tuner.engine.snapshot import SweepSnapshot
-    from tui_tuner.engine.sweep import Sweep
+    from pathlib import Path
+
+    from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+
+
+class Reported(Protocol):
+    """What the reports read of a sweep: an in-process Sweep or a RemoteSweep."""
+
+    run_dir: Path
+
+    def best(self) -> TrialSnapshot | None: ...
+    @property
+    def resumable(self) -> bool: ...
 
 
 def say(text: str, out: TextIO) -> None:
@@ -25,7 +36,7 @@ def say(text: str, out: TextIO) -> None:
         print(text, file=out, flush=True)
 
 
-def force_exit(sweep: Sweep, code: int = EXIT_INTERRUPTED) -> NoReturn:
+def force_exit(sweep: Reported, code: int = EXIT_INTERRUPTED) -> NoReturn:
     """Leave now. os._exit, not sys.exit: a normal exit would run the atexit stop() and wait for the trials
     again, and torch threads still running at interpreter teardown abort the process with a C++ message.
     Everything written so far is flushed; `resume` re-runs what was cut off from its last checkpoint."""
@@ -50,7 +61,7 @@ def progress_table(snap: SweepSnapshot) -> str:
     return "\n".join(lines)
 
 
-def summary(sweep: Sweep) -> str:
+def summary(sweep: Reported) -> str:
     best = sweep.best()
     if best is None:
         return "no trial completed"
@@ -59,7 +70,7 @@ def summary(sweep: Sweep) -> str:
             + (f"\n  overrides: {best.overrides}" if best.overrides else "") + f"\n  adapter: {where}")
 
 
-def where_next(sweep: Sweep) -> str:
+def where_next(sweep: Reported) -> str:
     """The run dir, and the command that continues it when there is work left (a stop, a signal, a halt)."""
     hint = f"  (continue with: tui-tuner resume {sweep.run_dir})" if sweep.resumable else ""
     return f"run directory: {sweep.run_dir}{hint}"

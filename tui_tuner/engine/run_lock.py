@@ -33,7 +33,8 @@ class RunDirLock:
             except OSError:
                 holder = "another process"
             raise RunDirLockedError(f"{run_dir} is in use by a running tui-tuner (pid {holder}): "
-                                    "stop it first, or use another --run-dir") from None
+                                    f"attach to it (tui-tuner attach {run_dir}), stop it first, or use another "
+                                    "--run-dir") from None
         try:
             path.write_text(str(os.getpid()))
         except BaseException:

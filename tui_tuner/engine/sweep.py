@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from tui_tuner.engine import resume as resume_mod
 from tui_tuner.engine.backend import Backend, TorchBackend
+from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event, EventLog
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
@@ -44,10 +45,6 @@ from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, 
 from tui_tuner.training.schedules import planned_lrs
 
 log = logging.getLogger(__name__)
-
-
-class SweepError(ValueError):
-    """A command that cannot be carried out (unknown trial, missing checkpoint, bad override); one line."""
 
 
 class Sweep:
@@ -106,8 +103,7 @@ class Sweep:
             self.gateway.connect()  # a bad --storage fails here, before anything is written
         except Exception as e:  # SQLAlchemy raises many types; the user needs the one line
             raise SweepError(f"--storage {self.storage_url}: {first_line(e)}") from None
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = RunDirLock.acquire(self.layout.lock)  # two processes must never drive one run
+        self.claim()
         # From here on trial threads may run: stop them before the interpreter exits (a torch thread alive at
         # exit aborts the process), and on a failed start.
         atexit.register(self.stop)
@@ -118,6 +114,13 @@ class Sweep:
             self.stop()
             raise
         return self
+
+    def claim(self) -> None:
+        """Create the run dir and take its lock (idempotent): two processes must never drive one run. An engine
+        calls this before start() to serve its control API while the model loads."""
+        if self._lock is None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunDirLock.acquire(self.layout.lock)
 
     def _open_study(self) -> None:
         p = self.preset

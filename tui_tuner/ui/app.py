@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
 from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
@@ -25,7 +26,7 @@ from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
-from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, editable_params
+from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, QuitScreen, editable_params
 from tui_tuner.ui.event_log import EventLogPanel
 from tui_tuner.ui.help import HelpScreen
 from tui_tuner.ui.messages import CommandDone, EngineEvent, SweepLoaded
@@ -33,6 +34,9 @@ from tui_tuner.ui.source import SweepSource, SystemSource
 from tui_tuner.ui.status_line import StatusLine
 from tui_tuner.ui.system_panel import SystemPanel
 from tui_tuner.ui.trials_table import TrialsTable
+
+if TYPE_CHECKING:
+    from tui_tuner.api.client import RemoteSweep
 
 PANELS = ("loss", "lr", "system", "events")
 DEBOUNCE_S = 0.3
@@ -87,6 +91,7 @@ class TuiTunerApp(App[int]):
         self._chart_sigs: dict[str, tuple[object, object]] = {}
         self._chart_drawn: dict[str, float] = {}
         self._stopping = False
+        self.outcome: str | None = None  # "detached" once this client left a background engine running
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -183,6 +188,10 @@ class TuiTunerApp(App[int]):
 
     @on(EngineEvent)
     def _engine_event(self, message: EngineEvent) -> None:
+        if message.event.kind == "engine_gone":  # a remote engine ended (ctl stop, another client, a crash)
+            self.outcome = "gone"
+            self.exit(self.exit_code)
+            return
         with contextlib.suppress(NoMatches, ScreenStackError):  # a message that lands while the app closes
             self.query_one(EventLogPanel).add(message.event)
             if message.event.kind not in ROUTINE_EVENTS:
@@ -411,12 +420,31 @@ class TuiTunerApp(App[int]):
         if self._stopping or self._debounced("quit"):
             return
 
+        if self.remote:  # the engine is a process of its own: it can go on without this client
+            def choose(choice: str | None) -> None:
+                if choice == "detach":
+                    self.leave()
+                elif choice == "stop":
+                    self.begin_stop()
+
+            self.push_screen(QuitScreen(self.source.run_dir), choose)
+            return
+
         def answer(yes: bool | None) -> None:
             if yes:
                 self.begin_stop()
 
         self.push_screen(ConfirmScreen("Quit? Running trials checkpoint and stop (resume later with "
                                        f"`tui-tuner resume {self.source.run_dir}`)."), answer)
+
+    @property
+    def remote(self) -> bool:
+        return bool(getattr(self.source, "remote", False))
+
+    def leave(self) -> None:
+        """Detach: this client exits, the engine and its trials go on."""
+        self.outcome = "detached"
+        self.exit(0)
 
     def begin_stop(self) -> None:
         """The graceful stop (q, SIGTERM, SIGHUP): trials checkpoint and end on a thread, then the app exits."""
@@ -431,6 +459,10 @@ class TuiTunerApp(App[int]):
 
     def stop_by_signal(self, signum: int) -> None:
         """SIGTERM / SIGHUP, delivered on the UI loop: the first stops gracefully, a second one exits at once."""
+        if self.remote and signum == signal.SIGHUP:  # the terminal is gone, not the sweep: detach
+            if self.is_running:
+                self.leave()
+            return
         if self.stop_signal is None:
             self.stop_signal = signum
             if self.is_running:  # else run_app is already stopping the sweep
@@ -492,6 +524,49 @@ def run_app(sweep: Sweep, start: bool = False) -> int:
     # Leave the run's outcome in the scrollback: the alternate screen is gone once the app exits. (After SIGHUP
     # the terminal is gone too: stdout is /dev/null by now, and `say` ignores a reader that went away.)
     say(progress_table(sweep.snapshot()) + "\n" + summary(sweep) + "\n" + where_next(sweep), sys.stdout)
+    if app.stop_signal is not None:
+        return app.exit_code
+    return code if isinstance(code, int) else 0
+
+
+def run_remote_app(remote: RemoteSweep, load: Callable[[], object] | None = None) -> int:
+    """Run the TUI as a client of an engine in another process (`run`, `resume`, `attach`). Leaving never
+    touches the engine: `q` → Detach, a hangup, or the engine ending on its own; `q` → Stop and SIGTERM stop it
+    (every trial checkpoints and is interrupted). `load` waits for a just-spawned engine to finish loading."""
+    from tui_tuner.api.client import RemoteSystem
+    from tui_tuner.report import progress_table, say, summary, where_next
+
+    system = RemoteSystem(remote).start()
+    app = TuiTunerApp(remote, system=system, load=load, signals=True)
+    try:
+        code = app.run()
+    finally:
+        raise_on_stop_signals()
+        app.detach()
+        system.stop()
+        for signum in missed_signals():
+            app.stop_by_signal(signum)
+    try:
+        if app._stopping and app.outcome is None:  # Stop (or SIGTERM) while the engine was still starting
+            try:
+                app.loaded.wait()
+                if app.load_error is None:
+                    remote.stop()
+            except KeyboardInterrupt:  # a second one: leave the engine to its own graceful stop
+                pass
+        if app.load_error is not None:
+            raise app.load_error
+        run_dir = remote.run_dir
+        if app.outcome == "detached" or (app.outcome is None and not app._stopping):
+            say(f"detached: the sweep goes on in the background (engine pid {remote.pid})\n"
+                f"  attach: tui-tuner attach {run_dir}\n  stop:   tui-tuner ctl {run_dir} stop\n"
+                f"  log:    {run_dir / 'engine.log'}", sys.stdout)
+            return 0
+        snap = remote.snapshot()
+        gone = f"{remote.gone}\n" if app.outcome == "gone" else ""
+        say(gone + progress_table(snap) + "\n" + summary(remote) + "\n" + where_next(remote), sys.stdout)
+    finally:
+        remote.close()
     if app.stop_signal is not None:
         return app.exit_code
     return code if isinstance(code, int) else 0

@@ -47,6 +47,39 @@ class ConfirmScreen(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
+class QuitScreen(ModalScreen[str | None]):
+    """Quit a client of a background engine: `d` detaches (the sweep goes on), `s` stops it, escape cancels.
+    Focus starts on Detach: the choice that loses nothing."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("d", "answer('detach')", "Detach", id="quit.detach"),
+                Binding("s", "answer('stop')", "Stop", id="quit.stop"),
+                Binding("escape,c", "answer(None)", "Cancel", id="quit.cancel")]
+
+    def __init__(self, run_dir: object) -> None:
+        super().__init__(classes="dialog-screen")
+        self.run_dir = run_dir
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static("Quit?\n  Detach: the sweep keeps running; come back with "
+                         f"`tui-tuner attach {self.run_dir}`.\n  Stop: running trials checkpoint and stop "
+                         f"(continue later with `tui-tuner resume {self.run_dir}`).", classes="dialog-title")
+            with Horizontal(classes="buttons"):
+                yield Button("Detach (d)", variant="primary", id="detach")
+                yield Button("Stop (s)", variant="error", id="stop")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#detach", Button).focus()
+
+    def action_answer(self, choice: str | None) -> None:
+        self.dismiss(choice)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id if event.button.id in ("detach", "stop") else None)
+
+
 def parse_value(text: str, like: Any) -> Any:
     """Parse what was typed, guided by the original value's type; ValueError on nonsense."""
     text = text.strip()

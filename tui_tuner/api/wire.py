@@ -1,0 +1,83 @@
+"""The API's JSON shapes: snapshots, events and system samples to and from plain dicts (no pickle, no code)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from tui_tuner.engine.events import Event
+from tui_tuner.engine.lifecycle import TrialState
+from tui_tuner.engine.snapshot import CheckpointView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.system import GpuSample, SystemSample
+
+API_VERSION = 1  # bumped on any change a client of the previous version would misread
+PREFIX = f"/v{API_VERSION}"
+
+
+def dumps(obj: Any) -> bytes:
+    # allow_nan: a diverged trial's loss is NaN and clients must see it as such (Python's json reads it back);
+    # compact separators: this goes out twice a second per client.
+    return json.dumps(obj, allow_nan=True, separators=(",", ":")).encode()
+
+
+def trial_to_wire(t: TrialSnapshot) -> dict[str, Any]:
+    return dataclasses.asdict(t)
+
+
+def trial_from_wire(d: dict[str, Any]) -> TrialSnapshot:
+    d = dict(d)
+    d["state"] = TrialState(d["state"])
+    d["checkpoints"] = tuple(CheckpointView(**c) for c in d.get("checkpoints", ()))
+    return TrialSnapshot(**_known(TrialSnapshot, d))
+
+
+def snapshot_to_wire(snap: SweepSnapshot, known: dict[int, int] | None = None) -> dict[str, Any]:
+    """The snapshot; a trial whose version the client already holds (`known`: number -> version) is sent as
+    {"number", "version", "same": true}: a long sweep's finished trials stop costing bytes."""
+    known = known or {}
+    out = {f.name: getattr(snap, f.name) for f in dataclasses.fields(snap) if f.name != "trials"}
+    out["trials"] = [{"number": t.number, "version": t.version, "same": True} if known.get(t.number) == t.version
+                     else trial_to_wire(t) for t in snap.trials]
+    return out
+
+
+def snapshot_from_wire(d: dict[str, Any], cache: dict[int, TrialSnapshot]) -> SweepSnapshot:
+    """Rebuild a snapshot, taking the trials sent as `same` from `cache` (which is updated in place)."""
+    trials = []
+    for t in d.get("trials", ()):
+        if t.get("same"):
+            trial = cache[t["number"]]
+        else:
+            trial = trial_from_wire(t)
+            cache[trial.number] = trial
+        trials.append(trial)
+    for gone in set(cache) - {t.number for t in trials}:
+        del cache[gone]
+    fields = _known(SweepSnapshot, {k: v for k, v in d.items() if k != "trials"})
+    return SweepSnapshot(**fields, trials=tuple(trials))
+
+
+def event_to_wire(ev: Event) -> dict[str, Any]:
+    return dataclasses.asdict(ev)
+
+
+def event_from_wire(d: dict[str, Any]) -> Event:
+    return Event(**_known(Event, d))
+
+
+def system_to_wire(s: SystemSample | None) -> dict[str, Any] | None:
+    return None if s is None else dataclasses.asdict(s)
+
+
+def system_from_wire(d: dict[str, Any] | None) -> SystemSample | None:
+    if d is None:
+        return None
+    gpus = tuple(GpuSample(**_known(GpuSample, g)) for g in d.get("gpus", ()))
+    return SystemSample(**_known(SystemSample, {k: v for k, v in d.items() if k != "gpus"}), gpus=gpus)
+
+
+def _known(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields `cls` has: an engine of a later minor version may send more, which this client ignores."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}

@@ -1,0 +1,111 @@
+"""`run` / `resume` without --headless: the engine starts as a background process and the app (or nothing,
+with --detach) attaches to it, so the sweep outlives this terminal."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tui_tuner.daemon import ENGINE_LOG, last_error, spawn_engine, wait_until_serving
+
+if TYPE_CHECKING:
+    from tui_tuner.preset import Preset
+
+
+def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
+    """Check what the user asked for here, where errors reach them as one line before anything runs, and build
+    the engine's command line from it: (run dir, preset, argv)."""
+    from tui_tuner.engine.errors import SweepError
+    from tui_tuner.engine.run_dir import RunDir, RunDirError
+    from tui_tuner.preset import Preset, PresetError, resolve_preset_path
+
+    tail = [f"--listen={args.listen}"] if args.listen else []
+    if args.n_trials is not None:
+        tail += ["--n-trials", str(args.n_trials)]
+    if args.cmd == "resume":
+        run_dir = Path(args.run_dir)
+        layout = RunDir(run_dir)
+        try:
+            layout.read_meta()
+        except RunDirError as e:
+            raise SweepError(str(e)) from None
+        preset = Preset.load(layout.preset, check_paths=False)
+        if args.resume_paused:
+            tail.append("--resume-paused")
+        return run_dir, preset, ["resume", str(run_dir), *tail]
+    path = resolve_preset_path(args.preset)
+    preset = Preset.load(path, args.overrides)
+    if args.n_trials is not None:
+        preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
+    run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
+    if RunDir(run_dir).meta.exists():
+        raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
+    sets = [f"--set={o}" for o in args.overrides]
+    storage = [f"--storage={args.storage}"] if args.storage else []
+    join = ["--join"] if getattr(args, "join", False) else []
+    return run_dir, preset, ["run", str(path.absolute()), f"--run-dir={run_dir}", *sets, *storage, *join, *tail]
+
+
+def refuse_if_running(run_dir: Path) -> None:
+    from tui_tuner.api.client import ApiClient, NotRunning
+    from tui_tuner.engine.errors import SweepError
+
+    client = ApiClient(run_dir, timeout=2.0)
+    try:
+        info = client.request("GET", "/info")
+    except NotRunning:
+        return
+    finally:
+        client.close()
+    raise SweepError(f"{run_dir} is running already (engine pid {info.get('pid')}): tui-tuner attach {run_dir}")
+
+
+def start_in_background(args: argparse.Namespace) -> int:
+    from tui_tuner.report import say
+
+    run_dir, preset, argv = engine_argv(args)
+    refuse_if_running(run_dir)
+    token = secrets.token_urlsafe(24) if args.listen else None
+    if token:
+        os.environ["TUI_TUNER_SERVE_TOKEN"] = token  # to the engine through its environment, never its argv
+    proc = spawn_engine(argv, run_dir)
+    os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)
+    import sys
+
+    if args.detach:
+        wait_until_serving(proc, run_dir)
+        lines = [f"sweep {preset.study_name} started in the background (engine pid {proc.pid})",
+                 f"  run dir: {run_dir}", f"  attach:  tui-tuner attach {run_dir}",
+                 f"  status:  tui-tuner ctl {run_dir} status", f"  stop:    tui-tuner ctl {run_dir} stop",
+                 f"  log:     {run_dir / ENGINE_LOG}"]
+        if token:
+            from tui_tuner.cli import listening_hint
+
+            lines.append(listening_hint(f"http://{args.listen}", token))
+        say("\n".join(lines), sys.stdout)
+        return 0
+    from tui_tuner.api.client import RemoteSweep
+    from tui_tuner.daemon import EngineFailed
+    from tui_tuner.ui.app import run_remote_app
+
+    remote = RemoteSweep(run_dir, preset=preset, connect=False)
+
+    def died() -> str | None:
+        if proc.poll() is None:
+            return None
+        return last_error(run_dir) or f"the engine exited with code {proc.returncode}: see {run_dir / ENGINE_LOG}"
+
+    def load() -> None:
+        wait_until_serving(proc, run_dir)
+        remote.connect()
+        try:
+            remote.wait_loaded(died)
+        except ValueError as e:
+            raise EngineFailed(str(e)) from None
+
+    if token:
+        say(listening_hint(f"http://{args.listen}", token), sys.stderr)
+    return run_remote_app(remote, load=load)
