@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 import pytest
 
 _CACHE = Path(os.environ.setdefault("TUI_TUNER_CACHE", str(Path(__file__).parent.parent / ".cache-test")))
+# Engines the tests start announce themselves here (and CLI subprocesses inherit it), not in the user's own
+# runtime dir: `tui-tuner ls` in a test sees the test's engines only.
+os.environ.setdefault("TUI_TUNER_RUNTIME_DIR", tempfile.mkdtemp(prefix="tui-tuner-rt-"))
 
 
 @pytest.fixture(autouse=True)
@@ -64,3 +68,24 @@ def wait_for(pred: Callable[[], bool], timeout: float = 60.0, what: str = "condi
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Any]]:
+    """serve(sweep) -> a RemoteSweep talking to it over its control socket, as `tui-tuner attach` would."""
+    from tui_tuner.api.client import RemoteSweep
+    from tui_tuner.api.server import ApiServer
+
+    made: list[tuple[Any, Any]] = []
+
+    def factory(sweep: Any, **kw: Any) -> RemoteSweep:
+        sweep.claim()
+        server = ApiServer(sweep).start()
+        remote = RemoteSweep(sweep.run_dir, refresh_s=0.1, **kw)
+        made.append((server, remote))
+        return remote
+
+    yield factory
+    for server, remote in made:
+        remote.close()
+        server.close()

@@ -1,4 +1,5 @@
-"""Pilot tests of the TUI against a real tiny sweep: pause/resume, kill, fork, concurrency, quit."""
+"""Pilot tests of the TUI against a real tiny sweep: pause/resume, kill, fork, concurrency, quit. Each runs twice:
+with the app calling the engine directly, and as `tui-tuner attach` does, over the control API's socket."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import textual.app
@@ -15,7 +17,7 @@ from optuna.trial import TrialState
 
 from tui_tuner import Preset, Sweep
 from tui_tuner.ui.app import TuiTunerApp
-from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog
+from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, QuitScreen
 
 PRESET = {
     "name": "ui", "model": {"name": "builtin:tiny-llama"}, "data": {"train": "builtin:progressions", "max_length": 48},
@@ -51,10 +53,17 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TUI_TUNER_CACHE", str(tmp_path_factory.mktemp("model-cache")))
 
 
-@pytest.fixture
-def sweep(model_cache: None, tmp_path: Path) -> Iterator[Sweep]:
+CLIENTS: dict[int, Any] = {}  # id(sweep) -> the RemoteSweep the app uses instead, in the "api" runs
+
+
+@pytest.fixture(params=["direct", "api"])
+def sweep(model_cache: None, tmp_path: Path, request: pytest.FixtureRequest,
+          serve: Callable[..., Any]) -> Iterator[Sweep]:
     s = Sweep(Preset.from_dict(PRESET), tmp_path / "run").start()
+    if request.param == "api":
+        CLIENTS[id(s)] = serve(s)
     yield s
+    CLIENTS.pop(id(s), None)
     s.stop()
 
 
@@ -77,7 +86,7 @@ def running(sweep: Sweep, n: int, min_step: int = 1) -> bool:
 
 
 def app_for(sweep: Sweep) -> TuiTunerApp:
-    return TuiTunerApp(sweep, refresh_s=0.2)
+    return TuiTunerApp(CLIENTS.get(id(sweep), sweep), refresh_s=0.2)
 
 
 async def test_pause_then_resume_selected_trial(sweep: Sweep) -> None:
@@ -187,8 +196,12 @@ async def test_quit_stops_sweep_and_leaves_nothing_running(sweep: Sweep) -> None
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: running(sweep, 0) and running(sweep, 1))
         await pilot.press("q")
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
-        await pilot.press("y")
+        if app.remote:  # an engine of its own: q offers Detach / Stop / Cancel
+            await until(pilot, lambda: isinstance(app.screen, QuitScreen))
+            await pilot.press("s")
+        else:
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
         await until(pilot, lambda: sweep.finished and app.return_value == 0)
     with sweep.study_lock:
         stored = sweep.study.get_trials(deepcopy=False)
@@ -196,6 +209,27 @@ async def test_quit_stops_sweep_and_leaves_nothing_running(sweep: Sweep) -> None
     assert all("interrupted_at_step" in t.user_attrs for t in stored if t.state == TrialState.RUNNING)
     assert {t.state for t in sweep.trials()} <= {"interrupted", "complete"}
     assert not app._accepting
+
+
+async def test_detach_leaves_the_engine_running(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    if not app.remote:
+        pytest.skip("detaching needs an engine in another process (here: behind the control API)")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: running(sweep, 0))
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("escape")  # cancel: nothing happens
+        await until(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, QuitScreen))
+        await pilot.press("d")
+        await until(pilot, lambda: app.return_value == 0)
+    assert app.outcome == "detached"
+    step = sweep.trial(0).step
+    time.sleep(0.5)
+    assert sweep.trial(0).state == "running" and sweep.trial(0).step > step  # it trains on without the client
+    assert not sweep.stopping
 
 
 async def test_detail_and_help_screens_open_and_close(sweep: Sweep) -> None:

@@ -299,6 +299,7 @@ class ApiServer:
         self._entry: Path | None = None
         self.socket_path = registry.socket_path_for(self.run_dir, os.getpid())
         self.tcp_address: tuple[str, int] | None = None
+        self._log_handler: logging.Handler = logging.NullHandler()
 
     def start(self, timeout: float = 10.0) -> ApiServer:
         socks = [(self._bind_unix(), make_app(self.api))]
@@ -306,7 +307,7 @@ class ApiServer:
             tcp = self._bind_tcp(self.listen)
             self.tcp_address = tcp.getsockname()[:2]
             socks.append((tcp, TokenGuard(make_app(self.api), self.token or "")))
-        _quiet_uvicorn(self.run_dir / "engine.log")
+        self._log_handler = _log_to(self.run_dir / "engine.log")
         for _sock, app in socks:
             config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level="warning",
                                     timeout_graceful_shutdown=1)
@@ -363,22 +364,23 @@ class ApiServer:
         if self._thread is not None:
             self._thread.join(timeout)
         self.api.close()
+        for name in ("uvicorn", "tui_tuner.api"):
+            logging.getLogger(name).removeHandler(self._log_handler)
+        self._log_handler.close()
         for path in (self._entry, self.link, self.socket_path):
             if path is not None:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
 
-def _quiet_uvicorn(log_path: Path) -> None:
-    """uvicorn's warnings (a garbage request, a client gone mid-reply) go to engine.log, never to a terminal
-    the app is drawing on."""
-    logger = logging.getLogger("uvicorn")
-    if not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
-        handler = logging.FileHandler(log_path, delay=True)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+def _log_to(log_path: Path) -> logging.Handler:
+    """uvicorn's warnings (a garbage request, a client gone mid-reply) and our own go to engine.log, never to a
+    terminal the app may be drawing on."""
+    handler = logging.FileHandler(log_path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("uvicorn", "tui_tuner.api"):
+        logger = logging.getLogger(name)
         logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
-    for name in ("tui_tuner.api",):
-        logging.getLogger(name).handlers = logger.handlers
-        logging.getLogger(name).propagate = False
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    return handler
