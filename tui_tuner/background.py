@@ -4,8 +4,10 @@ with --detach) attaches to it, so the sweep outlives this terminal."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
+import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -104,7 +106,11 @@ def start_in_background(args: argparse.Namespace) -> int:
         try:
             remote.wait_loaded(died)
         except ValueError as e:
-            raise EngineFailed(str(e)) from None
+            # Its socket goes a moment before the engine exits: wait for the exit, so the user gets the
+            # engine's own error (a bad data file) rather than "the engine is gone".
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            raise EngineFailed(died() or str(e)) from None
 
     if token:
         say(listening_hint(f"http://{args.listen}", token), sys.stderr)

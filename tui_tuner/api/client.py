@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tui_tuner.engine.system import SystemSample
     from tui_tuner.preset import Preset
 
+CHANGED = "changed"  # the kind of the client's own "redraw now" event (see RemoteSweep._changed_event)
 POLL_WAIT_S = 10.0  # how long one events long-poll is held open by the engine
 
 
@@ -115,6 +116,8 @@ class RemoteSweep:
         self._kick = threading.Event()
         self.gone: str | None = None  # why the engine stopped answering, once it has
         self._phase: str | None = None  # the engine's phase as its last events reply gave it
+        self._fetched_at = 0.0  # monotonic time of the newest snapshot fetched
+        self._moved = False  # the last events reply said the sweep changed (a command, an event)
         self.pid: int | None = None
         self.run_dir = self.client.run_dir or Path(str(target))
         if preset is not None:
@@ -165,11 +168,13 @@ class RemoteSweep:
             snap = snapshot_from_wire(d, self._cache)
             self._resumable = bool(d.get("resumable"))
             self._snap = snap
+            self._fetched_at = time.monotonic()
         return snap
 
     def _fetch_events(self, since: int, wait: float) -> list[Event]:
         got = self.client.request("GET", "/events", params={"since": since, "wait": wait}, timeout=wait + 10)
         self._phase = got.get("phase")
+        self._moved = bool(got.get("changed"))
         return [event_from_wire(r) for r in got["events"]]
 
     def _seen_events(self, evs: list[Event]) -> list[Event]:
@@ -183,7 +188,10 @@ class RemoteSweep:
 
     def _poll_snapshots(self) -> None:
         while not self._closed.is_set():
-            self._kick.wait(self.refresh_s)
+            # A refresh_s after the last fetch, whoever made it: one an event or a command caused counts.
+            while not self._kick.wait(max(0.0, self._fetched_at + self.refresh_s - time.monotonic())):
+                if time.monotonic() >= self._fetched_at + self.refresh_s:
+                    break
             self._kick.clear()
             if self._closed.is_set():
                 return
@@ -205,13 +213,16 @@ class RemoteSweep:
             except CommandError:
                 time.sleep(self.refresh_s)
                 continue
-            if new:
-                self._kick.set()  # the snapshot behind the event, before listeners redraw from it
+            if new or self._moved:  # an event, or another client's command
                 with contextlib.suppress(CommandError, NotRunning):
-                    self._fetch_snapshot()
-                for ev in new:
+                    self._fetch_snapshot()  # the snapshot behind it, before listeners redraw from it
+                for ev in new or [self._changed_event()]:
                     for fn in list(self._listeners):
                         fn(ev)
+
+    def _changed_event(self) -> Event:
+        """Not an engine event: tells the app to redraw now (it is neither logged nor counted)."""
+        return Event(seq=self._seq, time=time.time(), kind=CHANGED, trial=None, message="")
 
     def _lost(self, why: str) -> None:
         if self.gone is None:

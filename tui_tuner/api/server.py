@@ -24,10 +24,19 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tui_tuner.api import registry
-from tui_tuner.api.wire import API_VERSION, PREFIX, dumps, event_to_wire, snapshot_to_wire, system_to_wire
+from tui_tuner.api.wire import (
+    API_VERSION,
+    PREFIX,
+    dumps,
+    event_to_wire,
+    snapshot_bytes,
+    system_to_wire,
+    trial_to_wire,
+)
 from tui_tuner.engine.events import Event
 
 if TYPE_CHECKING:
+    from tui_tuner.engine.snapshot import TrialSnapshot
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.engine.system import SystemSampler
 
@@ -57,13 +66,15 @@ class Api:
         self._changed: asyncio.Event | None = None  # set (on the loop) when the sweep emits an event
         self._unsubscribe = sweep.subscribe(self._on_event)
         self.stop_thread: threading.Thread | None = None
+        self._generation = 0  # bumped on every wake: a long-poll that saw it move returns "changed"
+        self._wire: dict[int, tuple[int, bytes]] = {}  # trial number -> (version, its wire form)
 
     # -- plumbing --------------------------------------------------------------------------------
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._changed = asyncio.Event()
 
-    def _on_event(self, _ev: Event) -> None:
+    def _on_event(self, _ev: Event | None = None) -> None:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting any more
@@ -73,11 +84,25 @@ class Api:
         if self._changed is not None:
             self._changed.set()
             self._changed = asyncio.Event()
+        self._generation += 1
+
+    def _changed_now(self) -> None:
+        """A command changed the sweep (a pause asked for, concurrency): wake every long-poll, so other
+        clients fetch the new snapshot now rather than at their next tick."""
+        self._on_event()
 
     def close(self) -> None:
         self._unsubscribe()
         if self._system is not None:
             self._system.stop()
+
+    def _encoded(self, t: TrialSnapshot) -> bytes:
+        """A trial's wire form, encoded once per version however many clients ask (only the loop thread calls
+        this, so the cache needs no lock)."""
+        hit = self._wire.get(t.number)
+        if hit is None or hit[0] != t.version:
+            hit = self._wire[t.number] = (t.version, dumps(trial_to_wire(t)))
+        return hit[1]
 
     # -- reads -----------------------------------------------------------------------------------
     async def info(self, _request: Request) -> Response:
@@ -95,9 +120,8 @@ class Api:
 
     async def snapshot(self, request: Request) -> Response:
         known = _known_versions(request.query_params.get("known", ""))
-        out = snapshot_to_wire(self.sweep.snapshot(), known)
-        out["resumable"] = self.sweep.resumable
-        return reply(out)
+        body = snapshot_bytes(self.sweep.snapshot(), known, self._encoded, resumable=self.sweep.resumable)
+        return Response(body, media_type="application/json")
 
     async def series(self, request: Request) -> Response:
         n = _int(request.path_params["n"], "trial")
@@ -115,14 +139,16 @@ class Api:
         sees another client's command as soon as the engine acts on it."""
         since = _int(request.query_params.get("since", "0"), "since", low=0)
         wait = min(float(_number(request.query_params.get("wait", "0"), "wait")), MAX_WAIT_S)
-        deadline = time.monotonic() + wait
+        deadline, generation = time.monotonic() + wait, self._generation
         while True:
             changed = self._changed
             evs = self.sweep.events_since(since)
             left = deadline - time.monotonic()
-            if evs or left <= 0 or changed is None:
+            moved = self._generation != generation
+            if evs or moved or left <= 0 or changed is None:
                 # The phase rides along: an engine that just finished may be gone before the next snapshot.
-                return reply({"events": [event_to_wire(e) for e in evs], "phase": self.sweep.snapshot().phase})
+                return reply({"events": [event_to_wire(e) for e in evs], "changed": moved or bool(evs),
+                              "phase": self.sweep.snapshot().phase})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), left)
 
@@ -139,9 +165,11 @@ class Api:
         from tui_tuner.engine.sweep import SweepError
 
         try:
-            return fn(*args, **kw)
+            out = fn(*args, **kw)
         except SweepError as e:  # also PresetError and the params' one-line errors: the user's to fix
             raise ApiRequestError(409, str(e)) from None
+        self._changed_now()
+        return out
 
     def trial_command(self, request: Request) -> Response:
         n = _int(request.path_params["n"], "trial")
@@ -309,7 +337,8 @@ class ApiServer:
             socks.append((tcp, TokenGuard(make_app(self.api), self.token or "")))
         self._log_handler = _log_to(self.run_dir / "engine.log")
         for _sock, app in socks:
-            config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", log_level="warning",
+            config = uvicorn.Config(app, http="httptools", log_config=None, access_log=False, lifespan="off",
+                                    log_level="warning",
                                     timeout_graceful_shutdown=1)
             self._servers.append(uvicorn.Server(config))
         ready = threading.Event()

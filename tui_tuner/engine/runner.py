@@ -227,6 +227,7 @@ class TrialRunner:
             return
         self.host.gateway.set_attrs(self.run.trial, attrs)
         self.run.user_attrs.update(attrs)
+        self.run.version += 1
 
     def _ensure_report(self) -> None:
         """A pruned trial with no intermediate value is invisible to TPE: evaluate once before telling."""

@@ -254,13 +254,16 @@ class Sweep:
 
     # -- commands ------------------------------------------------------------------------------
     def pause(self, n: int) -> None:
-        self._active(n).control.pause()
+        run = self._active(n)
+        run.control.pause()
+        run.version += 1  # pause_requested changed: clients holding this version must fetch it again
         self.scheduler.send(Command("unqueue", trial=n))  # a resume still waiting for a slot is void now
 
     def resume_trial(self, n: int) -> None:
         """Resume a paused trial. When paused trials free their slot (`study.paused_frees_slot`) and every slot
         is taken, it resumes as soon as one frees, before any new trial starts."""
         run = self._active(n)
+        run.version += 1  # pause_requested changes (now, or once a slot frees)
         if self.scheduler.must_wait_for_slot(run):
             self.scheduler.send(Command("resume", trial=n))  # the scheduler queues it (and checks again)
         else:

@@ -60,8 +60,22 @@ class TrialRun:
     told: bool = False
     runner: Any = None  # its TrialRunner while it has a thread (fork's checkpoint-now runs on it)
     user_attrs: dict[str, Any] = field(default_factory=dict)  # a copy of Optuna's, so reads never take its lock
+    _snap: tuple[tuple[Any, ...], TrialSnapshot] | None = field(default=None, repr=False, compare=False)
 
     def snapshot(self) -> TrialSnapshot:
+        """The trial as clients see it, rebuilt only when it changed: clients (the app, every attached client)
+        ask for all trials several times a second, and a long sweep's finished ones never change. `version`
+        covers nearly everything; the other fields in the key are the ones set beside a version bump."""
+        key = (self.version, self.state, self.control.paused, self.step, self.error, self.finished_at,
+               len(self.checkpoints), len(self.user_attrs))
+        cached = self._snap
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        snap = self._build_snapshot()
+        self._snap = (key, snap)
+        return snap
+
+    def _build_snapshot(self) -> TrialSnapshot:
         last = self.last
         return TrialSnapshot(
             number=self.number, state=self.state, step=self.step, total_steps=self.total,

@@ -192,6 +192,10 @@ class TuiTunerApp(App[int]):
             self.outcome = "gone"
             self.exit(self.exit_code)
             return
+        if message.event.kind == "changed":  # a remote client's cue: another client's command, redraw now
+            with contextlib.suppress(NoMatches, ScreenStackError):
+                self.refresh_view()
+            return
         with contextlib.suppress(NoMatches, ScreenStackError):  # a message that lands while the app closes
             self.query_one(EventLogPanel).add(message.event)
             if message.event.kind not in ROUTINE_EVENTS:
@@ -554,6 +558,8 @@ def run_remote_app(remote: RemoteSweep, load: Callable[[], object] | None = None
                     remote.stop()
             except KeyboardInterrupt:  # a second one: leave the engine to its own graceful stop
                 pass
+        if app.outcome == "gone" and not app.loaded.is_set():  # it died while loading: load() brings its error
+            app.loaded.wait(30)
         if app.load_error is not None:
             raise app.load_error
         run_dir = remote.run_dir
