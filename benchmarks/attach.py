@@ -128,10 +128,24 @@ def main() -> None:
     if args.client:
         client_main(args.client, args.seconds)
         return
+    import tui_tuner.api.server as server_mod
     from tui_tuner import Sweep
     from tui_tuner.api.client import ApiClient
     from tui_tuner.api.server import ApiServer
 
+    requests = {"n": 0}
+    make_app = server_mod.make_app
+
+    def counting(api):  # type: ignore[no-untyped-def]
+        app = make_app(api)
+
+        async def counted(scope, receive, send):  # type: ignore[no-untyped-def]
+            requests["n"] += scope["type"] == "http"
+            await app(scope, receive, send)
+
+        return counted
+
+    server_mod.make_app = counting  # type: ignore[assignment]
     run_dir = Path(tempfile.mkdtemp(prefix="attach-bench-")) / "run"
     sweep = Sweep(preset(args.trials), run_dir)
     sweep.claim()
@@ -144,12 +158,15 @@ def main() -> None:
     clients = [subprocess.Popen([sys.executable, __file__, "--client", str(run_dir), "--seconds",
                                  str(args.seconds + 6)]) for _ in range(3)]
     time.sleep(3)  # connected and polling
+    n0 = requests["n"]
     rate, cpu = measure_window(sweep, args.seconds)
+    per_s = (requests["n"] - n0) / args.seconds
     for c in clients:
         c.wait()
     share = cpu["tui-tuner-api"] / max(cpu["trial-"], 1e-9)
     print(f"serving 3 clients at 2 Hz: API thread {cpu['tui-tuner-api']:.2f} s CPU vs trials {cpu['trial-']:.1f} s"
-          f" = {100 * share:.2f} % of the training threads' time (goal <= 1 %)")
+          f" = {100 * share:.2f} % of the training threads' time (goal <= 1 %); {per_s:.1f} requests/s, "
+          f"{1000 * cpu['tui-tuner-api'] / max(per_s * args.seconds, 1):.2f} ms CPU each")
     print(f"throughput with 3 clients / without: {rate:.1f} / {base_rate:.1f} steps/s = {rate / base_rate:.3f}")
     step_s = args.trials / max(rate, 1e-9)
     asked, acted = lag(run_dir, sweep.snapshot().trials[0].number, args.commands)

@@ -60,3 +60,15 @@ def test_the_checker_sees_a_cycle(tmp_path):
     b.write_text("def f():\n    from tui_tuner.a import x\n")
     known = {"tui_tuner.a", "tui_tuner.b"}
     assert _imports(a, known) == {"tui_tuner.b"} and _imports(b, known) == {"tui_tuner.a"}
+
+
+def test_layers_point_one_way():
+    """engine and training know no client; the API knows the engine, never the app; the app may use the API."""
+    modules = {_module_name(f): f for f in ROOT.rglob("*.py")}
+    known = set(modules)
+    rules = {"tui_tuner.engine": ("tui_tuner.api", "tui_tuner.ui", "tui_tuner.cli", "tui_tuner.ctl"),
+             "tui_tuner.training": ("tui_tuner.api", "tui_tuner.ui", "tui_tuner.engine"),
+             "tui_tuner.api": ("tui_tuner.ui", "tui_tuner.cli", "tui_tuner.ctl")}
+    bad = [f"{name} imports {dep}" for name, f in modules.items() for layer, banned in rules.items()
+           if name.startswith(layer) for dep in _imports(f, known) if dep.startswith(banned)]
+    assert not bad, "; ".join(bad)

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
     from tui_tuner.preset import Preset
 
 
+def listening_hint(url: str, token: str) -> str:
+    port = url.rpartition(":")[2]
+    return (f"control API on {url}; its token (shown this once): {token}\n"
+            f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS_BOX, then "
+            f"TUI_TUNER_TOKEN={token} tui-tuner attach http://127.0.0.1:{port}")
+
+
 def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
     """Check what the user asked for here, where errors reach them as one line before anything runs, and build
     the engine's command line from it: (run dir, preset, argv)."""
@@ -84,8 +91,6 @@ def start_in_background(args: argparse.Namespace) -> int:
                  f"  status:  tui-tuner ctl {run_dir} status", f"  stop:    tui-tuner ctl {run_dir} stop",
                  f"  log:     {run_dir / ENGINE_LOG}"]
         if token:
-            from tui_tuner.cli import listening_hint
-
             lines.append(listening_hint(f"http://{args.listen}", token))
         say("\n".join(lines), sys.stdout)
         return 0

@@ -119,6 +119,7 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
     """This process is the engine: it serves the control API on <run_dir>/control.sock (and --listen) from
     before the model loads until it exits, and prints like headless (to engine.log when in the background)."""
     from tui_tuner.api.server import ApiServer
+    from tui_tuner.background import listening_hint
     from tui_tuner.headless import run_headless
 
     sweep.claim()  # the run-dir lock first: it alone decides which engine serves the run
@@ -130,13 +131,6 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
         return run_headless(sweep, background=args.as_engine)
     finally:
         server.close()
-
-
-def listening_hint(url: str, token: str) -> str:
-    port = url.rpartition(":")[2]
-    return (f"control API on {url}; its token (shown this once): {token}\n"
-            f"  from another machine: ssh -L {port}:127.0.0.1:{port} THIS_BOX, then "
-            f"TUI_TUNER_TOKEN={token} tui-tuner attach http://127.0.0.1:{port}")
 
 
 def _open_sweep(args: argparse.Namespace) -> Sweep | None:
