@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,6 +59,31 @@ def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
     return run_dir, preset, ["run", str(path.absolute()), f"--run-dir={run_dir}", *sets, *storage, *join, *tail]
 
 
+DETACH_WAIT_S = 5.0  # --detach waits this long for the model to load, to report a quick failure as one line
+
+
+def wait_loaded(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float) -> bool:
+    """True once the engine has loaded (left its 'loading' phase), False if it is still loading after `timeout`;
+    EngineFailed with its one line if it died meanwhile."""
+    from tui_tuner.api.client import ApiClient, CommandError, NotRunning
+    from tui_tuner.daemon import EngineFailed
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = ApiClient(run_dir, timeout=2.0)
+        try:
+            if client.request("GET", "/status")["phase"] != "loading":
+                return True
+        except (NotRunning, CommandError):
+            if proc.poll() is not None:
+                raise EngineFailed(last_error(run_dir) or f"the engine exited with code {proc.returncode}: see "
+                                   f"{run_dir / ENGINE_LOG}") from None
+        finally:
+            client.close()
+        time.sleep(0.1)
+    return False
+
+
 def refuse_if_running(run_dir: Path) -> None:
     from tui_tuner.api.client import ApiClient, NotRunning
     from tui_tuner.engine.errors import SweepError
@@ -86,7 +112,9 @@ def start_in_background(args: argparse.Namespace) -> int:
 
     if args.detach:
         wait_until_serving(proc, run_dir)
-        lines = [f"sweep {preset.study_name} started in the background (engine pid {proc.pid})",
+        loaded = wait_loaded(proc, run_dir, DETACH_WAIT_S)
+        state = "started" if loaded else f"is loading (still, after {DETACH_WAIT_S:.0f}s)"
+        lines = [f"sweep {preset.study_name} {state} in the background (engine pid {proc.pid})",
                  f"  run dir: {run_dir}", f"  attach:  tui-tuner attach {run_dir}",
                  f"  status:  tui-tuner ctl {run_dir} status", f"  stop:    tui-tuner ctl {run_dir} stop",
                  f"  log:     {run_dir / ENGINE_LOG}"]

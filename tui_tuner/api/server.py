@@ -66,6 +66,7 @@ class Api:
         self._changed: asyncio.Event | None = None  # set (on the loop) when the sweep emits an event
         self._unsubscribe = sweep.subscribe(self._on_event)
         self.stop_thread: threading.Thread | None = None
+        self.closing = False  # the server is shutting down: long-polls answer at once
         self._generation = 0  # bumped on every wake: a long-poll that saw it move returns "changed"
         self._wire: dict[int, tuple[int, bytes]] = {}  # trial number -> (version, its wire form)
 
@@ -145,7 +146,7 @@ class Api:
             evs = self.sweep.events_since(since)
             left = deadline - time.monotonic()
             moved = self._generation != generation
-            if evs or moved or left <= 0 or changed is None:
+            if evs or moved or left <= 0 or changed is None or self.closing:
                 # The phase rides along: an engine that just finished may be gone before the next snapshot.
                 return reply({"events": [event_to_wire(e) for e in evs], "changed": moved or bool(evs),
                               "phase": self.sweep.snapshot().phase})
@@ -387,7 +388,10 @@ class ApiServer:
         return sock
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop serving (open long-polls are cut), remove the socket and the announcement."""
+        """Stop serving (open long-polls answer first), remove the socket and the announcement."""
+        self.api.closing = True
+        self.api._on_event()  # every long-poll returns now, with the final phase, instead of being cancelled
+        time.sleep(0.05)
         for s in self._servers:
             s.should_exit = True
         if self._thread is not None:

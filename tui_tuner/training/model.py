@@ -76,7 +76,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     _quiet_transformers()
     try:
         tok = AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # transformers raises OSError, ValueError, TypeError, hub validation errors...
         raise ModelError(f"cannot load tokenizer for {name!r}: {first_line(e)}{_offline_hint(name)}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -95,7 +95,7 @@ def model_context(name: str, trust_remote_code: bool = False) -> tuple[str, int]
     _quiet_transformers()
     try:
         cfg = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # a config.json with a wrong type raises huggingface_hub's StrictDataclassError
         raise ModelError(f"cannot load the config of {name!r}: {first_line(e)}{_offline_hint(name)}") from None
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # multimodal: the decoder's
     for key in _CONTEXT_KEYS:
@@ -143,7 +143,7 @@ def build_model(
         torch.manual_seed(params.seed)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # any failure to read the user's weights is theirs to fix, in one line
             raise ModelError(f"cannot load model {name!r}: {first_line(e)}{_offline_hint(name)}") from None
         if method in ("lora", "adalora"):
             cfg = adapter_config(method, params, total_steps)
