@@ -39,8 +39,20 @@ def first_paint_time(run_dir: Path, session: str) -> float:
             time.sleep(0.01)
         raise RuntimeError(f"no first screen after 60 s:\n{screen}")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-        _wait_gone(pid)  # its graceful stop must not eat the next run's CPU
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)  # the app detaches
+        _wait_gone(pid)
+        _stop_engine(run_dir)  # the background engine trains on without the app: its CPU is the next run's
+
+
+def _stop_engine(run_dir: Path, timeout: float = 60) -> None:
+    """Stop the run's background engine once it answers (it may still be starting) and wait until it is gone."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run([*CLI, "ctl", str(run_dir), "stop"], capture_output=True).returncode == 0:
+            return
+        if not (run_dir / "engine.log").exists():
+            return
+        time.sleep(0.2)
 
 
 def _wait_gone(pid: int, timeout: float = 60) -> None:

@@ -363,7 +363,7 @@ def _placeholder(preset: Preset) -> SweepSnapshot:
     s = preset.study
     return SweepSnapshot(study_name=preset.study_name, sampler=s.sampler, pruner=s.pruner, concurrency=s.concurrency,
                          n_trials=s.n_trials, started_at=time.time(), elapsed=0.0, finished=False, phase="loading",
-                         loading="starting the engine…")
+                         loading="loading: starting the engine…")
 
 
 def _ended(snap: SweepSnapshot, last_phase: str | None) -> SweepSnapshot:
