@@ -1,8 +1,8 @@
-"""SIGTERM and SIGHUP stop a real run gracefully, headless and in the TUI (under tmux): the running trials are
-interrupted (checkpointed, resumable), `sweep_stopped` is written, the exit code is 128 + the signal."""
+"""Signals on real runs: headless SIGTERM/SIGHUP and a TUI's SIGTERM stop gracefully; a TUI's SIGHUP detaches."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -66,8 +68,11 @@ def _running(run_dir: Path) -> set[int]:
     return on
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CUDA_VISIBLE_DEVICES": ""}
+def _env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment: this checkout, no GPU, and a runtime dir of the test's own (engines announce
+    themselves there for `ls`)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CUDA_VISIBLE_DEVICES": "",
+            "TUI_TUNER_RUNTIME_DIR": str(tmp_path / "runtime")}
 
 
 def _assert_stopped_gracefully(run_dir: Path, were_running: set[int]) -> None:
@@ -85,7 +90,7 @@ def test_headless_run_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.S
     cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path, steps=600)), "--headless",
            "--run-dir", str(run_dir)]
     with (tmp_path / "err").open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env())
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path))
         try:
             wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
             were_running = _running(run_dir)
@@ -103,7 +108,7 @@ def test_headless_second_signal_exits_at_once_with_the_resume_hint(tmp_path: Pat
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "tui_tuner.cli", "run", str(_preset(tmp_path)), "--headless", "--run-dir",
            str(run_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     try:
         wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
         proc.send_signal(signal.SIGTERM)
@@ -134,53 +139,108 @@ SHELL = textwrap.dedent("""
 """)
 
 
-@NEEDS_TMUX
-@pytest.mark.parametrize("sig", SIGNALS)
-def test_tui_in_tmux_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
-    (tmp_path / "shell.py").write_text(SHELL)
-    session = f"tui-tuner-test-{os.getpid()}-{sig.name}"
-    pane = " ".join([sys.executable, str(tmp_path / "shell.py"), str(rc_file), sys.executable, "-m",
-                     "tui_tuner.cli", "run", str(_preset(tmp_path)), "--run-dir", str(run_dir)])
-    env = _env()
-    env.pop("TUI_TUNER_HEADLESS", None)
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", pane], check=True, env=env)
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (a background engine whose parent exited may wait a while to be reaped)."""
     try:
-        wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
-        screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
-        assert "conc 2" in screen and "running" in screen  # it is the app, not the headless client
-        were_running = _running(run_dir)
-        if sig == signal.SIGHUP:
-            subprocess.run(["tmux", "kill-session", "-t", session], check=True)  # the terminal goes away
-        else:
-            os.kill(int((tmp_path / "rc.pid").read_text()), sig)
-        wait_for(rc_file.exists, timeout=60, what="the app to exit")
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _engine_pid(run_dir: Path) -> int:
+    return int((run_dir / ".lock").read_text())
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[list[str]]:
+    """tmux on a server of this test's own: a server started earlier would give the pane its environment, not
+    the test's. Killed at the end, and so is any background engine the test's app started."""
+    cmd = ["tmux", "-L", f"tui-tuner-test-{os.getpid()}-{tmp_path.name}"]
+    try:
+        yield cmd
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
-    assert int(rc_file.read_text()) == 128 + sig
-    _assert_stopped_gracefully(run_dir, were_running)
+        subprocess.run([*cmd, "kill-server"], capture_output=True)
+        run_dir = tmp_path / "run"
+        with contextlib.suppress(OSError, ValueError):
+            pid = _engine_pid(run_dir)
+            if _alive(pid):
+                subprocess.run([sys.executable, "-m", "tui_tuner.cli", "ctl", str(run_dir), "stop", "--no-wait"],
+                               capture_output=True, env=_env(tmp_path), timeout=30)
+                wait_for(lambda: not _alive(pid), timeout=30, what="the engine to stop")
+
+
+def _start_tui(tmux: list[str], tmp_path: Path, run_dir: Path) -> str:
+    """`tui-tuner run` in an 80x24 tmux pane, under SHELL (the job's exit code lands in tmp_path/rc), until
+    both trials run; the session's name."""
+    (tmp_path / "shell.py").write_text(SHELL)
+    pane = " ".join([sys.executable, str(tmp_path / "shell.py"), str(tmp_path / "rc"), sys.executable, "-m",
+                     "tui_tuner.cli", "run", str(_preset(tmp_path)), "--run-dir", str(run_dir)])
+    env = _env(tmp_path)
+    env.pop("TUI_TUNER_HEADLESS", None)
+    subprocess.run([*tmux, "new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", pane], check=True, env=env)
+    wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+    screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "tui"], capture_output=True, text=True).stdout
+    assert "conc 2" in screen and "running" in screen  # it is the app, not the headless client
+    return "tui"
 
 
 @NEEDS_TMUX
-def test_tui_start_failure_is_the_usual_one_line(tmp_path: Path) -> None:
+def test_tui_in_tmux_stops_gracefully_on_sigterm(tmp_path: Path, tmux: list[str]) -> None:
+    """SIGTERM of the app stops the sweep: its background engine checkpoints the trials and exits, the app 143."""
+    run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
+    _start_tui(tmux, tmp_path, run_dir)
+    engine, were_running = _engine_pid(run_dir), _running(run_dir)
+    os.kill(int((tmp_path / "rc.pid").read_text()), signal.SIGTERM)
+    wait_for(rc_file.exists, timeout=60, what="the app to exit")
+    assert int(rc_file.read_text()) == 128 + signal.SIGTERM
+    _assert_stopped_gracefully(run_dir, were_running)
+    wait_for(lambda: not _alive(engine), timeout=30, what="the engine to exit")
+    assert not (run_dir / "control.sock").exists()
+
+
+@NEEDS_TMUX
+def test_tui_in_tmux_detaches_on_sighup(tmp_path: Path, tmux: list[str]) -> None:
+    """The terminal goes away (SIGHUP): the app exits 0, the engine trains on until `ctl stop`, which stops it
+    gracefully."""
+    run_dir, rc_file = tmp_path / "run", tmp_path / "rc"
+    _start_tui(tmux, tmp_path, run_dir)
+    engine, were_running = _engine_pid(run_dir), _running(run_dir)
+    subprocess.run([*tmux, "kill-session", "-t", "tui"], check=True)
+    wait_for(rc_file.exists, timeout=60, what="the app to exit")
+    assert int(rc_file.read_text()) == 0
+    metrics = [run_dir / "trials" / str(n) / "metrics.jsonl" for n in sorted(were_running)]
+    sizes = [m.stat().st_size for m in metrics]
+    time.sleep(1)
+    wait_for(lambda: all(m.stat().st_size > n for m, n in zip(metrics, sizes, strict=True)), timeout=30,
+             what="both trials to train on")
+    assert _alive(engine) and _running(run_dir) == were_running
+    stop = subprocess.run([sys.executable, "-m", "tui_tuner.cli", "ctl", str(run_dir), "stop"], capture_output=True,
+                          text=True, env=_env(tmp_path), timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    _assert_stopped_gracefully(run_dir, were_running)
+    wait_for(lambda: not _alive(engine), timeout=30, what="the engine to exit")
+
+
+@NEEDS_TMUX
+def test_tui_start_failure_is_the_usual_one_line(tmp_path: Path, tmux: list[str]) -> None:
     """The app is up before the data loads: a bad data file still ends in one line on stderr and exit 2."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\nnot json\n')
     preset = tmp_path / "p.toml"
     preset.write_text(dump_toml(tiny_preset_dict(data={"train": str(bad)})))
-    session = f"tui-tuner-test-{os.getpid()}-bad"
+    session = "bad"
     # stderr stays the terminal (Textual draws on it); the error is read off the screen the app leaves behind.
     pane = (f"{sys.executable} -m tui_tuner.cli run {preset} --run-dir {tmp_path / 'run'};"
             f" echo $? > {tmp_path / 'rc'}; sleep 60")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "80", "-y", "24", pane], check=True,
-                   env=_env())
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "80", "-y", "24", pane], check=True,
+                   env=_env(tmp_path))
     try:
         wait_for((tmp_path / "rc").exists, timeout=120, what="the app to exit")
         wait_for(lambda: (tmp_path / "rc").read_text().strip() != "", timeout=5, what="the exit code")
-        screen = subprocess.run(["tmux", "capture-pane", "-p", "-J", "-t", session], capture_output=True,
+        screen = subprocess.run([*tmux, "capture-pane", "-p", "-J", "-t", session], capture_output=True,
                                 text=True).stdout
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([*tmux, "kill-session", "-t", session], capture_output=True)
     assert (tmp_path / "rc").read_text().strip() == "2"
     lines = [x for x in screen.splitlines() if x.startswith("tui-tuner: error: ")]
     assert len(lines) == 1 and "bad.jsonl" in lines[0] and "Traceback" not in screen, screen
