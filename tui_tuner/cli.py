@@ -123,14 +123,17 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
     from tui_tuner.headless import run_headless
 
     sweep.claim()  # the run-dir lock first: it alone decides which engine serves the run
-    server = ApiServer(sweep, listen=args.listen, token=os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)).start()
     try:
-        if args.listen and not args.as_engine:
-            print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)
-        sweep.start()
-        return run_headless(sweep, background=args.as_engine)
+        server = ApiServer(sweep, listen=args.listen, token=os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)).start()
+        try:
+            if args.listen and not args.as_engine:
+                print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)
+            sweep.start()
+            return run_headless(sweep, background=args.as_engine)
+        finally:
+            server.close()
     finally:
-        server.close()
+        sweep.unclaim()  # a start that failed before writing the run (bad data) leaves no run dir behind
 
 
 def _open_sweep(args: argparse.Namespace) -> Sweep | None:

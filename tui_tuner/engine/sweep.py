@@ -12,6 +12,7 @@ No event listener runs under any of them (Lifecycle emits after releasing 2).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import shutil
@@ -121,6 +122,18 @@ class Sweep:
         if self._lock is None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock = RunDirLock.acquire(self.layout.lock)
+
+    def unclaim(self) -> None:
+        """After a start that wrote nothing (bad data, a stop while loading): release the lock and remove a run
+        dir that holds only the lock file, so a failed `run` leaves nothing behind."""
+        if self._lock is None or self.layout.meta.exists():
+            return
+        self._lock.release()
+        self._lock = None
+        with contextlib.suppress(OSError):
+            if {p.name for p in self.run_dir.iterdir()} <= {self.layout.lock.name}:
+                self.layout.lock.unlink(missing_ok=True)
+                self.run_dir.rmdir()
 
     def _open_study(self) -> None:
         p = self.preset
