@@ -172,13 +172,16 @@ class Api:
         self._changed_now()
         return out
 
-    def trial_command(self, request: Request) -> Response:
+    async def trial_command(self, request: Request) -> Response:
         n = _int(request.path_params["n"], "trial")
         verb = request.path_params["verb"]
         fns = {"pause": self.sweep.pause, "resume": self.sweep.resume_trial, "kill": self.sweep.kill}
         if verb not in fns:
             raise ApiRequestError(404, f"unknown trial command {verb!r} (pause, resume, kill, fork)")
-        self._call(fns[verb], n)
+        await _body(request)  # the whole request first: one cut off mid-body must change nothing
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(self._call, fns[verb], n)
         return reply({"trial": n, "done": verb})
 
     async def fork(self, request: Request) -> Response:
@@ -206,9 +209,10 @@ class Api:
         self._call(self.sweep.set_concurrency, value)
         return reply({"concurrency": self.sweep.concurrency})
 
-    async def stop(self, _request: Request) -> Response:
+    async def stop(self, request: Request) -> Response:
         """Every trial checkpoints and becomes interrupted; answered at once (the stop takes a step or so per
         trial), clients watch the snapshot's phase turn 'stopped'."""
+        await _body(request)
         if self.stop_thread is None:
             self.stop_thread = threading.Thread(target=self.sweep.stop, name="tui-tuner-api-stop", daemon=True)
             self.stop_thread.start()
@@ -259,7 +263,14 @@ def _number(text: str, what: str) -> float:
 async def _body(request: Request) -> dict[str, Any]:
     import json
 
-    raw = await request.body()
+    from starlette.requests import ClientDisconnect
+
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:  # refused before a byte of it is read
+        raise ApiRequestError(413, f"request body over {MAX_BODY} bytes")
+    try:
+        raw = await request.body()
+    except ClientDisconnect:  # cut off mid-body: act on nothing (the reply goes nowhere)
+        raise ApiRequestError(400, "the client went away mid-request") from None
     if len(raw) > MAX_BODY:
         raise ApiRequestError(413, f"request body over {MAX_BODY} bytes")
     if not raw:
