@@ -177,6 +177,8 @@ class Box:
         for pid in self.pids:
             _kill(pid)
         self.tmux("kill-server", check=False)
+        with contextlib.suppress(OSError):  # the server's socket file outlives it
+            (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / self.tmux_server).unlink()
 
 
 def _kill(pid: int) -> None:

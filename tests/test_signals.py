@@ -155,11 +155,14 @@ def _engine_pid(run_dir: Path) -> int:
 def tmux(tmp_path: Path) -> Iterator[list[str]]:
     """tmux on a server of this test's own: a server started earlier would give the pane its environment, not
     the test's. Killed at the end, and so is any background engine the test's app started."""
-    cmd = ["tmux", "-L", f"tui-tuner-test-{os.getpid()}-{tmp_path.name}"]
+    label = f"tui-tuner-test-{os.getpid()}-{tmp_path.name}"
+    cmd = ["tmux", "-L", label]
     try:
         yield cmd
     finally:
         subprocess.run([*cmd, "kill-server"], capture_output=True)
+        with contextlib.suppress(OSError):  # the server's socket file outlives it
+            (Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}" / label).unlink()
         run_dir = tmp_path / "run"
         with contextlib.suppress(OSError, ValueError):
             pid = _engine_pid(run_dir)
