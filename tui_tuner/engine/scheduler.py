@@ -68,6 +68,9 @@ class Scheduler:
         self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # Held across "is the sweep stopped? launch": stop() sets _stopped under it, so a trial whose ask outlived
+        # stop()'s join is never launched after the sweep collected the threads to stop.
+        self._launch_lock = threading.Lock()
 
     # -- any thread ----------------------------------------------------------------------------
     def send(self, cmd: Command) -> None:
@@ -79,6 +82,8 @@ class Scheduler:
         self._q.put(WAKE)
 
     def start(self, relaunch: list[TrialRun]) -> None:
+        if self._stopped:  # the sweep was stopped while it was opening: nothing may start
+            return
         self._relaunch = list(relaunch)
         self.started_at = time.time()
         self._q.put(WAKE)  # the first look at the slots
@@ -86,14 +91,24 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """No trial starts after this returns (one being asked for right now is launched first, then stopped)."""
-        self._stopped = True
+        """No trial starts after this returns (one being asked for right now ends interrupted, never launched)."""
+        with self._launch_lock:
+            self._stopped = True
         self._q.put(Command("stop"))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is still running (a stop whose join timed out: it may still write to the study)."""
+        t = self._thread
+        return t is not None and t is not threading.current_thread() and t.is_alive()
+
     def mark_finished(self, done: bool) -> None:
-        """Elapsed time stops at the finish and runs again if a new trial reopens the sweep."""
+        """Elapsed time stops at the finish and runs again if a new trial reopens the sweep; once stopped, the
+        sweep stays finished (an enqueue racing the stop must not make wait() block forever)."""
+        if not done and self._stopped:
+            return
         if done:
             self.finished_at = self.finished_at or time.time()
             self.finished.set()
@@ -207,7 +222,7 @@ class Scheduler:
                 continue
             if self._relaunch and (room or (free_paused and self._relaunch[0].control.paused)):
                 self.mark_finished(False)
-                self.host.launch(self._relaunch.pop(0))
+                self._launch(self._relaunch.pop(0))
                 continue
             if room and self._can_start_more():
                 self.mark_finished(False)
@@ -235,7 +250,16 @@ class Scheduler:
         except (ValidationError, ValueError) as e:
             self._fail_invalid(trial, attrs, e)
             return
-        h.launch(h.prepare_asked(trial, attrs, params))
+        self._launch(h.prepare_asked(trial, attrs, params))
+
+    def _launch(self, run: TrialRun) -> None:
+        with self._launch_lock:
+            if not self._stopped:
+                self.host.launch(run)
+                return
+        if run.state is S.WAITING:  # asked while the sweep stopped: RUNNING in the study, resume starts it
+            self.host.lifecycle.move(run, S.INTERRUPTED, f"trial {run.number} interrupted by the sweep stop "
+                                     "before it started")
 
     def _fail_invalid(self, trial: optuna.Trial, attrs: dict[str, Any], e: Exception) -> None:
         h, msg = self.host, f"invalid params: {error_line(e)}"
