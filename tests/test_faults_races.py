@@ -8,8 +8,9 @@ from pathlib import Path
 
 from optuna.trial import TrialState as OptunaState
 
-from tests.conftest import wait_for
+from tests.conftest import tiny_preset_dict, wait_for
 from tests.fake_backend import FakeBackend
+from tui_tuner.preset import Preset
 
 LONG = {"max_steps": 100_000}
 
@@ -207,3 +208,29 @@ def test_a_stop_during_a_legacy_continuation_wins_and_start_returns(fake_sweep, 
         assert [(t.number, t.state) for t in third.trials()] == [(0, "interrupted"), (1, "complete")]
     finally:
         third.stop()
+
+
+def test_a_queued_resume_never_undoes_a_later_pause(tmp_path):
+    """pause, resume, pause in quick succession: the resume waits in the scheduler's queue (every slot taken) and
+    is read after the second pause, once a slot has freed. The scheduler's thread is not started: the test reads
+    its queue itself, so the order is exactly that."""
+    from tui_tuner.engine.lifecycle import TrialState as S
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.engine.trial import TrialRun
+
+    preset = Preset.from_dict(tiny_preset_dict(study={"concurrency": 1, "paused_frees_slot": True}))
+    sweep = Sweep(preset, tmp_path / "run", backend=FakeBackend())
+    runs = [TrialRun(number=n, trial=None, params=None, searched={}, overrides={}, trial_dir=tmp_path / str(n),
+                     state=state) for n, state in ((0, S.PAUSED), (1, S.RUNNING))]
+    for r in runs:
+        sweep.registry.add(r)
+    runs[0].control.pause()
+    sweep.resume_trial(0)  # every slot is taken: queued
+    sweep.pause(0)  # the user changes their mind at once
+    runs[1].state = S.COMPLETE  # a slot frees before the scheduler reads its queue
+    sch = sweep.scheduler
+    while not sch._q.empty():
+        sch._apply(sch._q.get_nowait())
+    assert runs[0].control.paused, "the resume asked before the latest pause must not win"
+    sweep.resume_trial(0)  # a resume asked after it still works
+    assert not runs[0].control.paused

@@ -144,6 +144,7 @@ class Sweep:
             for run in got.runs:
                 self.registry.add(run)
             self.scheduler.sampled = got.sampled
+            self.scheduler.time_used = got.elapsed
             if got.concurrency:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
@@ -209,6 +210,11 @@ class Sweep:
             self.gateway.lock.release()
         # The scheduler next: a trial it is starting right now must be among the runs stopped below.
         self.scheduler.stop(timeout)
+        if self.preset.study.timeout is not None and self.events.is_open:  # the study is open
+            try:
+                self.scheduler.record_elapsed()
+            except Exception as e:  # a broken storage must not keep the stop from finishing
+                log.warning("could not record the time used: %s", error_line(e))
         runs = [r for r in self.registry.all() if r.thread is not None]
         for r in runs:
             r.control.stop()
@@ -273,7 +279,8 @@ class Sweep:
         is taken, it resumes as soon as one frees, before any new trial starts."""
         run = self._active(n)
         if self.scheduler.must_wait_for_slot(run):
-            self.scheduler.send(Command("resume", trial=n))  # the scheduler queues it (and checks again)
+            # The scheduler queues it (and checks again); a pause after this request voids it (the token).
+            self.scheduler.send(Command("resume", trial=n, value=run.control.pause_token))
         else:
             run.control.resume()  # at once, in order with the pause before it
 
