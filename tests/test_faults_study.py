@@ -339,3 +339,38 @@ def test_a_trial_left_half_asked_by_a_crash_is_failed_at_resume_and_not_counted(
         assert "while the sampler was creating it" in (again.trial(1).error or "")
     finally:
         again.stop()
+
+
+@pytest.mark.parametrize("broken", ["tell", "attrs_and_tell"])
+def test_a_storage_error_in_a_kills_tell_is_said_and_the_kill_is_told_at_resume(tmp_path, monkeypatch, broken):
+    from optuna.storages import JournalStorage
+
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 100_000, "eval_interval": 5},
+                   study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 6, what="reported")
+
+    def io_error(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(JournalStorage, "set_trial_state_values", io_error)
+    if broken == "attrs_and_tell":
+        monkeypatch.setattr(JournalStorage, "set_trial_user_attr", io_error)
+    sweep.kill(0)
+    assert sweep.wait(30)
+    assert sweep.trial(0).state == "interrupted"
+    said = [e.message for e in sweep.events_since(0) if e.kind == "interrupted" and e.trial == 0]
+    assert said and "its kill is told when the run is resumed" in said[-1]
+    sweep.stop()
+    monkeypatch.undo()
+    backend = FakeBackend()
+    again = _reopen(sweep.run_dir)
+    again.backend = backend
+    again.start()
+    try:
+        assert again.wait(30)
+        assert again.trial(0).state == "killed" and backend.built == []  # told, not continued
+        t = again.study.trials[0]
+        assert t.state == OptunaState.PRUNED and t.user_attrs["stopped_by_user"] is True
+        assert any(e.kind == "killed" and "the kill is told now" in e.message for e in again.events_since(0))
+    finally:
+        again.stop()

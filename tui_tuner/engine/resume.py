@@ -40,6 +40,7 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
     """Records of every trial in the study, and what the relaunch needs (its budget, concurrency, pauses)."""
     events = read_jsonl(layout.events)
     paused_legacy = _paused_at_death(events)
+    kills = _kills_not_told(events)
     notes: list[Note] = []
     _repair_waiting_forks(gateway, layout, notes)  # before the records: a cancelled fork is read back as such
     trials = gateway.trials()
@@ -62,6 +63,16 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
             run.trial = gateway.handle(t)
             _fail_at_resume(gateway, run, why, out.notes)
             _load_history(run, by_number, None)
+            continue
+        if t.state == OptunaState.RUNNING and (a.get("stopped_by_user") or t.number in kills):
+            # Killed by the user, but the storage failed (or the process died) before the PRUNED tell: tell it now
+            # rather than continue a trial the user ended.
+            run.trial = gateway.handle(t)
+            _load_history(run, by_number, None)
+            step = a.get("stopped_at_step", run.step)
+            _end_at_resume(gateway, run, S.KILLED, {"stopped_by_user": True, "stopped_at_step": step}, out.notes,
+                           f"trial {t.number} killed by the user at step {step} (the kill is told now: the "
+                           "storage failed or the run died before it was)")
             continue
         if run.params is None:  # waiting: nothing ran yet (or finished with params the schema now refuses)
             continue
@@ -129,13 +140,22 @@ def _cannot_continue(t: FrozenTrial, run: TrialRun, preset: Preset) -> str | Non
 
 
 def _fail_at_resume(gateway: StudyGateway, run: TrialRun, why: str, notes: list[Note]) -> None:
-    assert run.trial is not None
     run.error = why
-    gateway.set_attrs(run.trial, {"error": why})
-    gateway.tell(run.trial, OptunaState.FAIL)
-    run.state = S.FAILED
-    run.user_attrs["error"] = why
-    notes.append(("failed", run.number, f"trial {run.number} failed at resume: {why}", {}))
+    _end_at_resume(gateway, run, S.FAILED, {"error": why}, notes, f"trial {run.number} failed at resume: {why}")
+
+
+_TOLD = {S.FAILED: OptunaState.FAIL, S.KILLED: OptunaState.PRUNED}
+
+
+def _end_at_resume(gateway: StudyGateway, run: TrialRun, state: S, attrs: dict[str, Any], notes: list[Note],
+                   message: str) -> None:
+    """End an interrupted trial instead of continuing it: attrs, the tell, the record's state, an event."""
+    assert run.trial is not None
+    gateway.set_attrs(run.trial, attrs)
+    gateway.tell(run.trial, _TOLD[state])
+    run.state = state
+    run.user_attrs.update(attrs)
+    notes.append((str(state), run.number, message, {}))
 
 
 def _legacy_stop_point(a: dict[str, Any], ckpts: list[CheckpointInfo], layout: RunDir) -> CheckpointInfo | None:
@@ -263,6 +283,18 @@ def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:
         elif e.get("event") in ("resumed", "killed", "complete", "pruned", "failed", "interrupted"):
             paused.discard(e["trial"])
     return paused
+
+
+def _kills_not_told(events: list[dict[str, Any]]) -> set[int]:
+    """Trials whose last kill request the event log never saw carried out (a kill wins over a stop at the
+    trial's boundary, so a request followed only by `interrupted` is a kill whose tell failed, or a crash)."""
+    pending: set[int] = set()
+    for e in events:
+        if e.get("event") == "kill_requested":
+            pending.add(e["trial"])
+        elif e.get("event") in ("killed", "complete", "pruned", "failed", "cancelled"):
+            pending.discard(e["trial"])
+    return pending
 
 
 def _last_concurrency(events: list[dict[str, Any]]) -> int | None:

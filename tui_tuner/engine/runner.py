@@ -59,6 +59,7 @@ class TrialRunner:
     def __init__(self, host: TrialHost, run: TrialRun):
         self.host, self.run = host, run
         self.metrics = JsonlWriter(host.layout.metrics(run.number))
+        self._killing = False  # in _finish_killed: a storage error there leaves the kill for resume to tell
 
     # -- thread entry ------------------------------------------------------------------------
     def __call__(self) -> None:
@@ -235,6 +236,7 @@ class TrialRunner:
 
     def _finish_killed(self) -> None:
         run = self.run
+        self._killing = True
         self._ensure_report()
         self._set_attrs(stopped_by_user=True, stopped_at_step=run.step)
         self._tell(OptunaState.PRUNED)
@@ -273,7 +275,9 @@ class TrialRunner:
         interrupted; `resume` continues them all once the storage works again."""
         self.host.storage_failed(str(e))
         if self.run.active:
-            self._finish_interrupted(because=f"a storage error ({e})")
+            # The kill_requested event (and stopped_by_user, if it was written) tells resume to finish the kill.
+            kill = "; its kill is told when the run is resumed" if self._killing else ""
+            self._finish_interrupted(because=f"a storage error ({e}){kill}")
 
     def _finish_failed(self, e: BaseException) -> None:
         run = self.run

@@ -181,7 +181,7 @@ class Sweep:
         if not self._resuming and n is not None and not self.join:
             raise SweepError(f"{where} already holds a study {name!r} ({n} trial{'s' if n != 1 else ''}): a new "
                              "sweep would add to it; resume that run, use another --run-dir or study name, or "
-                             "join it on purpose (join=True)")
+                             "join it on purpose (--join; join=True in the API)")
         ran = self.layout.trials_that_ran() if self._resuming and not n else []
         if ran:
             raise SweepError(f"{where}: holds no study {name!r}, but {self.layout.trials} holds {len(ran)} "
