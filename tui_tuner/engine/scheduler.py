@@ -72,7 +72,8 @@ class Scheduler:
         self._stopped = False
         # Held across "is the sweep stopped? launch": stop() sets _stopped under it, so a trial whose ask outlived
         # stop()'s join is never launched after the sweep collected the threads to stop.
-        self._launch_lock = threading.Lock()
+        # An RLock: the launch's "starting" event is emitted under it, and a listener may call stop() on this thread.
+        self._launch_lock = threading.RLock()
 
     # -- any thread ----------------------------------------------------------------------------
     def send(self, cmd: Command) -> None:

@@ -1,12 +1,17 @@
 """The Sweep: the public facade over the study gateway, the scheduler, the trial threads and the run directory.
 
 Locks, and what each guards (lock order: a higher one may be held while taking a lower one, never the reverse):
+0. Scheduler._launch_lock (RLock): its `_stopped` flag and the launch of a trial together, so no trial is
+   launched after stop() has collected the threads to stop (the only lock a listener runs under: the launch's
+   "starting" event).
 1. StudyGateway.lock (RLock): every Optuna call; held across "enqueue + register" so an ask cannot pop a trial
-   before its checkpoint and record are in place.
+   before its checkpoint and record are in place. stop() takes it once after setting `_stopping`, so no enqueue
+   (which checks `_stopping` again under it) writes after the run dir is released.
 2. TrialRegistry.lock (RLock): which trials exist and each one's state (Lifecycle.move holds it).
 3. TrialControl._cond, per trial: its pause/kill/stop flags and queued work.
 4. EventLog._lock, Series._lock: the event tail and listeners; one metric series.
-No event listener runs under any of them (Lifecycle emits after releasing 2).
+No event listener runs under any of them (Lifecycle emits after releasing 2). Apart: training.model.RNG_LOCK, torch's
+process-wide RNG (model builds, a checkpoint's save and restore of it).
 """
 
 from __future__ import annotations
