@@ -61,6 +61,26 @@ def make_sweep(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         s.stop(timeout=60)
 
 
+@pytest.fixture
+def fake_sweep(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Like make_sweep, on the torch-free FakeBackend (or the one given)."""
+    from tests.fake_backend import FakeBackend
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.preset import Preset
+
+    made: list[Any] = []
+
+    def factory(run_dir: Path | None = None, backend: FakeBackend | None = None, **sections):  # type: ignore[no-untyped-def]
+        sweep = Sweep(Preset.from_dict(tiny_preset_dict(**sections)), run_dir or tmp_path / "run",
+                      backend=backend or FakeBackend())
+        made.append(sweep)
+        return sweep
+
+    yield factory
+    for s in made:
+        s.stop(timeout=30)
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

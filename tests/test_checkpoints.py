@@ -53,6 +53,46 @@ def test_exact_resume_reproduces_the_uninterrupted_curve(demo_data, tmp_path):
     assert tail == pytest.approx(losses[10:], rel=1e-5, abs=1e-6)
 
 
+def _lora_weights(ft: FineTune) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in ft.model.named_parameters() if "lora_" in n}
+
+
+def test_a_restore_never_reseeds_a_model_being_built_in_another_thread(demo_data, tmp_path, monkeypatch):
+    """Two trials at once: one builds its model (LoRA init from torch's global RNG, seeded with its seed) while
+    the other restores a checkpoint, whose RNG state goes into that same process-wide generator. The build is
+    held mid-way, the restore runs against it: the built model must still be the one its seed gives."""
+    import peft
+
+    reference = _lora_weights(_ft(demo_data))
+    other = _ft(demo_data, seed=7)
+    other.step()
+    torch.manual_seed(12345)  # the state the checkpoint carries is not the build's
+    info = ckpt.save(other, tmp_path)
+    target = _ft(demo_data, seed=7)
+    inside, go_on = threading.Event(), threading.Event()
+    real = peft.get_peft_model
+
+    def held(*a, **k):  # type: ignore[no-untyped-def]
+        inside.set()
+        go_on.wait(10)  # between the build's seeding and the LoRA init
+        return real(*a, **k)
+
+    monkeypatch.setattr(peft, "get_peft_model", held)
+    built: list[FineTune] = []
+    builder = threading.Thread(target=lambda: built.append(_ft(demo_data)))
+    builder.start()
+    assert inside.wait(60)
+    restorer = threading.Thread(target=ckpt.restore, args=(target, info.path))
+    restorer.start()
+    restorer.join(0.5)  # it waits for the build (with the lock), or it has reseeded the generator (without)
+    go_on.set()
+    builder.join(60)
+    restorer.join(60)
+    assert target.step_count == 1
+    got = _lora_weights(built[0])
+    assert all(torch.equal(got[k], reference[k]) for k in reference), "the build drew from the restored RNG"
+
+
 def test_checkpoint_is_a_standard_peft_adapter(demo_data, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

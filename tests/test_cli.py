@@ -126,3 +126,24 @@ def test_export_last_step_without_metrics_uses_the_engine_attrs(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
                                                     for s in [*range(1, 21), *range(11, 16)]))
     assert last_step(t, tmp_path) == 15
+
+
+def test_run_refuses_another_runs_study_naming_join_and_join_joins_it(tmp_path, capsys):
+    from tests.fake_backend import FakeBackend
+    from tui_tuner.cli import _open_sweep, _parser
+    from tui_tuner.engine.sweep import Sweep
+    from tui_tuner.preset import Preset
+
+    run_dir = tmp_path / "run"
+    first = Sweep(Preset.from_dict(tiny_preset_dict(params={"max_steps": 10}, study={"n_trials": 1})), run_dir,
+                  backend=FakeBackend()).start()
+    assert first.wait(30)
+    first.stop()
+    (run_dir / "sweep.json").unlink()  # its journal is left, as another run's would be
+    preset = tmp_path / "p.toml"
+    preset.write_text(dump_toml(tiny_preset_dict()))
+    assert main(["run", str(preset), "--headless", "--run-dir", str(run_dir)]) == 2
+    _one_line(capsys.readouterr().err, "already holds a study 'test' (1 trial)", "--join")
+    args = _parser().parse_args(["run", str(preset), "--headless", "--run-dir", str(run_dir), "--join"])
+    sweep = _open_sweep(args)
+    assert sweep is not None and sweep.join

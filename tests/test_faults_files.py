@@ -140,3 +140,47 @@ def test_a_torn_journal_is_cut_back_to_its_last_whole_record_and_the_study_resum
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
     assert len(optuna.load_study(study_name="test", storage=storage).trials) == 3
+
+
+@pytest.mark.parametrize("error", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    RuntimeError("[enforce fail at inline_container.cc:778] . unexpected pos 144192 vs 144080"),  # torch.save
+])
+def test_a_checkpoint_that_fails_for_lack_of_space_says_so_and_where(tmp_path, monkeypatch, error):
+    def full(self, trainer, trial_dir, eval_loss, kind):  # type: ignore[no-untyped-def]
+        raise error
+
+    monkeypatch.setattr(FakeBackend, "save", full)
+    sweep = _sweep(tmp_path, params={"max_steps": 20}, study={"n_trials": 1, "concurrency": 1}).start()
+    try:
+        assert sweep.wait(30)
+        failed = [e.message for e in sweep.events_since(0) if e.kind == "checkpoint_failed"]
+        where = sweep.run_dir / "trials" / "0" / "checkpoints"
+        assert failed and all(f"failed: no space left on {where} (" in m for m in failed), failed
+        assert sweep.trial(0).state == "complete"  # the trial goes on
+    finally:
+        sweep.stop()
+
+
+def test_export_never_names_as_the_best_a_checkpoint_that_did_not_score_its_eval_loss(tmp_path, monkeypatch):
+    from tui_tuner.export import export_run
+
+    real_save = FakeBackend.save
+
+    def final_fails(self, trainer, trial_dir, eval_loss, kind):  # type: ignore[no-untyped-def]
+        if kind == "final":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, trainer, trial_dir, eval_loss, kind)
+
+    monkeypatch.setattr(FakeBackend, "save", final_fails)
+    sweep = _sweep(tmp_path, params={"max_steps": 30}, study={"n_trials": 1, "concurrency": 1}).start()
+    assert sweep.wait(30)
+    sweep.stop()
+    said = export_run(sweep.run_dir).splitlines()[-1]
+    assert said.startswith("best trial #0: eval loss ") and "checkpoint: none kept with its eval loss" in said
+    assert "step 20" in said  # the newest kept, named as what it is
+    monkeypatch.setattr(FakeBackend, "save", real_save)
+    ok = _sweep(tmp_path / "ok", params={"max_steps": 30}, study={"n_trials": 1, "concurrency": 1}).start()
+    assert ok.wait(30)
+    ok.stop()
+    assert export_run(ok.run_dir).endswith(f"checkpoint: {ok.run_dir / 'trials' / '0' / 'checkpoints' / 'step-30'}")

@@ -198,3 +198,179 @@ def test_two_new_sweeps_on_one_storage_url_do_not_mix_their_trials(tmp_path):
         assert both.wait(30) and len(both.study.trials) == 2
     finally:
         both.stop()
+
+
+class _RelativeSamplerBreaksOnSecondTrial(optuna.samplers.RandomSampler):
+    """A sampler whose relative sampling fails from the second trial on: Optuna samples relative params lazily,
+    so the error comes out of trial.suggest_*, after ask() has returned."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(seed=0)
+        self.error = error
+
+    def infer_relative_search_space(self, study, trial):  # type: ignore[no-untyped-def]
+        return {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        if trial.number >= 1:
+            raise self.error
+        return {"learning_rate": 1e-3}
+
+
+@pytest.mark.parametrize("error", [ValueError("no finite candidate"), RuntimeError("singular matrix")])
+def test_a_sampler_error_inside_suggest_fails_that_trial_and_halts_without_spending_budget(tmp_path, monkeypatch,
+                                                                                         error):
+    real = optuna.samplers.RandomSampler
+    monkeypatch.setattr("tui_tuner.engine.study_gateway.make_sampler",
+                        lambda *a, **k: _RelativeSamplerBreaksOnSecondTrial(error))
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 10}, study={"n_trials": 3, "concurrency": 1}).start()
+    assert sweep.wait(30)
+    assert sweep.halted is not None and str(error) in sweep.halted  # the sampler's failure, not "invalid params"
+    assert [t.state for t in sweep.study.trials] == [OptunaState.COMPLETE, OptunaState.FAIL]  # never left RUNNING
+    assert str(error) in sweep.study.trials[1].user_attrs["error"]
+    assert sweep.scheduler.sampled == 1
+    sweep.stop()
+    monkeypatch.setattr("tui_tuner.engine.study_gateway.make_sampler", lambda *a, **k: real(seed=1))
+    again = _reopen(sweep.run_dir).start()  # with a working sampler: two more proposals fill the budget of 3
+    try:
+        assert again.wait(30)
+        assert [t.state for t in again.trials()] == ["complete", "failed", "complete", "complete"]
+    finally:
+        again.stop()
+
+
+def _db_locked() -> Exception:
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.OperationalError("UPDATE trials", {}, Exception("database is locked"))
+
+
+@pytest.mark.parametrize("make_error", [_db_locked, lambda: optuna.exceptions.StorageInternalError("commit failed")])
+def test_a_database_error_in_a_report_halts_the_sweep_like_an_os_error(tmp_path, monkeypatch, make_error):
+    from optuna.storages import JournalStorage
+
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 400, "eval_interval": 10},
+                   study={"n_trials": 3, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 12, what="reported")
+    error = make_error()
+
+    def broken(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise error
+
+    monkeypatch.setattr(JournalStorage, "set_trial_intermediate_value", broken)
+    assert sweep.wait(60)
+    assert str(error).splitlines()[0] in (sweep.halted or "")
+    assert [t.state for t in sweep.trials()] == ["interrupted"]
+    assert [t.state for t in sweep.study.trials] == [OptunaState.RUNNING]  # never FAILED
+    sweep.stop()
+
+
+def test_a_live_trial_handle_is_built_under_the_gateway_lock(tmp_path, monkeypatch):
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 400}, study={"n_trials": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 2, what="stepping")
+    sweep.stop()
+    again = _reopen(sweep.run_dir)
+    held: list[bool] = []
+    real_trial = optuna.Trial
+
+    class Spy(real_trial):  # type: ignore[misc,valid-type]
+        def __init__(self, study, trial_id):  # type: ignore[no-untyped-def]
+            held.append(again.gateway.lock._is_owned())
+            super().__init__(study, trial_id)
+
+    monkeypatch.setattr(optuna, "Trial", Spy)
+    again.start()
+    try:
+        assert held == [True]
+    finally:
+        again.stop()
+
+
+def test_study_timeout_counts_the_time_used_before_a_resume(tmp_path):
+    import time
+
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 100_000},
+                   study={"n_trials": 5, "concurrency": 1, "timeout": 1.0}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 2, what="stepping")
+    time.sleep(1.2)  # the timeout is spent while trial 0 runs
+    sweep.stop()
+    assert sweep.study.user_attrs["elapsed_s"] >= 1.0
+    again = _reopen(sweep.run_dir).start()
+    try:
+        assert not again.scheduler.budget_left()
+        wait_for(lambda: again.trial(0).state == "running", what="trial 0 continued")
+        again.kill(0)
+        assert again.wait(30)
+        assert len(again.study.trials) == 1  # no new trial: the timeout was used up before the resume
+    finally:
+        again.stop()
+
+
+def test_an_interrupted_trial_whose_params_no_longer_validate_is_failed_at_resume(tmp_path):
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 400}, study={"n_trials": 1, "concurrency": 2}).start()
+    n = sweep.enqueue({"warmup_steps": 30})
+    wait_for(lambda: sweep.trial(n).step > 2, what="the enqueued trial stepping")
+    sweep.stop()
+    preset = sweep.run_dir / "preset.toml"
+    text = preset.read_text()
+    assert "max_steps = 400" in text
+    preset.write_text(text.replace("max_steps = 400", "max_steps = 20"))  # shorter than its warmup of 30
+    again = _reopen(sweep.run_dir).start()
+    try:
+        assert again.wait(30)
+        t = again.trial(n)
+        assert t.state == "failed" and "warmup_steps (30) is longer than the run" in (t.error or "")
+        assert again.study.trials[n].state == OptunaState.FAIL
+        said = [e for e in again.events_since(0) if e.kind == "failed" and e.trial == n]
+        assert len(said) == 1 and "failed at resume" in said[0].message
+        assert not again.resumable
+    finally:
+        again.stop()
+
+
+def test_a_trial_left_half_asked_by_a_crash_is_failed_at_resume_and_not_counted(tmp_path):
+    run_dir = _finished_run(tmp_path, n=1)
+    study = _load(run_dir / "optuna.journal")
+    study.ask()  # as a kill -9 between Optuna's ask and the engine's origin attr leaves it: RUNNING, no params
+    again = _reopen(run_dir, n_trials=2).start()
+    try:
+        assert again.wait(30)
+        assert [t.state for t in again.trials()] == ["complete", "failed", "complete"]
+        assert "while the sampler was creating it" in (again.trial(1).error or "")
+    finally:
+        again.stop()
+
+
+@pytest.mark.parametrize("broken", ["tell", "attrs_and_tell"])
+def test_a_storage_error_in_a_kills_tell_is_said_and_the_kill_is_told_at_resume(tmp_path, monkeypatch, broken):
+    from optuna.storages import JournalStorage
+
+    sweep = _sweep(tmp_path / "run", params={"max_steps": 100_000, "eval_interval": 5},
+                   study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 6, what="reported")
+
+    def io_error(self, *a, **k):  # type: ignore[no-untyped-def]
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(JournalStorage, "set_trial_state_values", io_error)
+    if broken == "attrs_and_tell":
+        monkeypatch.setattr(JournalStorage, "set_trial_user_attr", io_error)
+    sweep.kill(0)
+    assert sweep.wait(30)
+    assert sweep.trial(0).state == "interrupted"
+    said = [e.message for e in sweep.events_since(0) if e.kind == "interrupted" and e.trial == 0]
+    assert said and "its kill is told when the run is resumed" in said[-1]
+    sweep.stop()
+    monkeypatch.undo()
+    backend = FakeBackend()
+    again = _reopen(sweep.run_dir)
+    again.backend = backend
+    again.start()
+    try:
+        assert again.wait(30)
+        assert again.trial(0).state == "killed" and backend.built == []  # told, not continued
+        t = again.study.trials[0]
+        assert t.state == OptunaState.PRUNED and t.user_attrs["stopped_by_user"] is True
+        assert any(e.kind == "killed" and "the kill is told now" in e.message for e in again.events_since(0))
+    finally:
+        again.stop()

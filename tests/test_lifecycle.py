@@ -11,10 +11,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState as OptunaState
 
-from tests.conftest import tiny_preset_dict, wait_for
+from tests.conftest import wait_for
 from tests.fake_backend import FakeBackend
 from tui_tuner.engine.lifecycle import EVENT_KINDS, FINISHED, TRANSITIONS, IllegalTransition, Lifecycle, TrialState
-from tui_tuner.preset import Preset
 
 S = TrialState
 LONG = {"max_steps": 100_000}
@@ -70,23 +69,6 @@ def test_the_table_has_the_shape_the_engine_relies_on():
 
 
 # -- the engine with a fake trainer ------------------------------------------------------------------
-@pytest.fixture
-def fake_sweep(tmp_path: Path):
-    from tui_tuner.engine.sweep import Sweep
-
-    made = []
-
-    def factory(run_dir: Path | None = None, backend: FakeBackend | None = None, **sections):  # type: ignore[no-untyped-def]
-        sweep = Sweep(Preset.from_dict(tiny_preset_dict(**sections)), run_dir or tmp_path / "run",
-                      backend=backend or FakeBackend())
-        made.append(sweep)
-        return sweep
-
-    yield factory
-    for s in made:
-        s.stop(timeout=30)
-
-
 def _reopen(sweep, backend: FakeBackend | None = None):  # type: ignore[no-untyped-def]
     from tui_tuner.engine.sweep import Sweep
 

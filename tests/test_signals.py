@@ -68,6 +68,14 @@ def _running(run_dir: Path) -> set[int]:
     return on
 
 
+def _both_stepping(run_dir: Path) -> bool:
+    """Both trials have run a step: a stop now checkpoints each (a trial stopped before its first step has
+    nothing new to save and restarts from step 0), as `_assert_stopped_gracefully` expects."""
+    on = _running(run_dir)
+    metrics = [run_dir / "trials" / str(n) / "metrics.jsonl" for n in on]
+    return len(on) == 2 and all(m.exists() and m.stat().st_size > 0 for m in metrics)
+
+
 def _env(tmp_path: Path) -> dict[str, str]:
     """The CLI's environment: this checkout, no GPU, and a runtime dir of the test's own (engines announce
     themselves there for `ls`)."""
@@ -92,7 +100,7 @@ def test_headless_run_stops_gracefully_on_a_signal(tmp_path: Path, sig: signal.S
     with (tmp_path / "err").open("w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=_env(tmp_path))
         try:
-            wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+            wait_for(lambda: _both_stepping(run_dir), timeout=120, what="both trials stepping")
             were_running = _running(run_dir)
             proc.send_signal(sig)
             rc = proc.wait(timeout=60)
@@ -110,7 +118,7 @@ def test_headless_second_signal_exits_at_once_with_the_resume_hint(tmp_path: Pat
            str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
     try:
-        wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+        wait_for(lambda: _both_stepping(run_dir), timeout=120, what="both trials stepping")
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGTERM)  # at once: the first one's stop is still under way
         out, err = proc.communicate(timeout=60)
@@ -181,7 +189,7 @@ def _start_tui(tmux: list[str], tmp_path: Path, run_dir: Path) -> str:
     env = _env(tmp_path)
     env.pop("TUI_TUNER_HEADLESS", None)
     subprocess.run([*tmux, "new-session", "-d", "-s", "tui", "-x", "80", "-y", "24", pane], check=True, env=env)
-    wait_for(lambda: len(_running(run_dir)) == 2, timeout=120, what="both trials running")
+    wait_for(lambda: _both_stepping(run_dir), timeout=120, what="both trials stepping")
     screen = subprocess.run([*tmux, "capture-pane", "-p", "-t", "tui"], capture_output=True, text=True).stdout
     assert "conc 2" in screen and "running" in screen  # it is the app, not the headless client
     return "tui"

@@ -186,6 +186,7 @@ async def test_bad_command_is_notified_not_raised(sweep: Sweep) -> None:
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:
         sweep.set_concurrency(1)
+        await until(pilot, lambda: app.source.concurrency == 1)  # a remote client sees it within a refresh
         await pilot.press("-")  # concurrency 0: SweepError
         await until(pilot, lambda: any(n.severity == "error" for n in app._notifications))
         assert sweep.concurrency == 1
@@ -221,6 +222,7 @@ async def test_detach_leaves_the_engine_running(sweep: Sweep) -> None:
         await until(pilot, lambda: isinstance(app.screen, QuitScreen))
         await pilot.press("escape")  # cancel: nothing happens
         await until(pilot, lambda: not isinstance(app.screen, QuitScreen))
+        await asyncio.sleep(0.35)  # past the quit key's debounce
         await pilot.press("q")
         await until(pilot, lambda: isinstance(app.screen, QuitScreen))
         await pilot.press("d")

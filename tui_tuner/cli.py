@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a preset field, e.g. --set params.learning_rate=3e-4 (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the search space, then exit")
+    run.add_argument("--join", action="store_true",
+                     help="add to a study the storage already holds under this name (refused otherwise)")
     _engine_options(run)
 
     res = sub.add_parser("resume", help="continue a run directory after a crash or a stop")
@@ -155,7 +157,7 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
     if RunDir(run_dir).meta.exists():
         raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
-    return Sweep(preset, run_dir, storage=args.storage)
+    return Sweep(preset, run_dir, storage=args.storage, join=args.join)
 
 
 def check_data_files(preset: Preset) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import optuna
@@ -14,7 +15,7 @@ from tui_tuner.engine.run_lock import RunDirLock, RunDirLockedError
 from tui_tuner.engine.study import make_storage
 from tui_tuner.engine.study_gateway import repair_torn_journal, state_of
 from tui_tuner.preset import Preset
-from tui_tuner.training.checkpoint_files import list_checkpoints
+from tui_tuner.training.checkpoint_files import CheckpointInfo, list_checkpoints
 
 
 def export_run(run_dir: Path, out: Path | None = None) -> str:
@@ -47,10 +48,23 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     full = {**preset.params.model_dump(), **t_overrides(best), **best.params}
     (out / "best_params.json").write_text(json.dumps(
         {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2) + "\n")
-    ckpts = list_checkpoints(layout.trial(best.number))
-    where = ckpts[-1].path if ckpts else "(no checkpoint kept)"
+    where = best_checkpoint(list_checkpoints(layout.trial(best.number)), best.value)  # type: ignore[arg-type]
     return (f"{said}wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
             f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")
+
+
+def best_checkpoint(ckpts: list[CheckpointInfo], value: float) -> str:
+    """The newest checkpoint holding the weights that scored the best trial's value. The newest checkpoint alone
+    may be older (its final save failed on a full disk) and score worse: never name it as the best's."""
+    for c in reversed(ckpts):
+        if c.eval_loss is not None and math.isclose(c.eval_loss, value, rel_tol=1e-9, abs_tol=1e-12):
+            return str(c.path)
+    if not ckpts:
+        return "(no checkpoint kept)"
+    newest = ckpts[-1]
+    scored = f"eval loss {newest.eval_loss:.4f}" if newest.eval_loss is not None else "not evaluated"
+    return (f"none kept with its eval loss {value:.4f} (its final save failed or was removed; the newest kept, "
+            f"step {newest.step} at {newest.path}, is {scored})")
 
 
 def _repair_if_idle(layout: RunDir) -> str | None:

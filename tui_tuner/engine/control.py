@@ -23,6 +23,7 @@ class TrialControl:
     def __init__(self, paused: bool = False):
         self._cond = threading.Condition()
         self._paused = paused
+        self._pauses = 0  # how many pauses so far: a resume asked before the latest one must not undo it
         self._kill = False
         self._stop = False
         self._work: list[tuple[Callable[[], Any], Future[Any]]] = []
@@ -33,15 +34,26 @@ class TrialControl:
     def paused(self) -> bool:
         return self._paused
 
+    @property
+    def pause_token(self) -> int:
+        """Identifies the latest pause: pass it to a `resume` that is carried out later (queued)."""
+        return self._pauses
+
     def pause(self) -> None:
         with self._cond:
             self._paused = True
+            self._pauses += 1
             self._cond.notify_all()
 
-    def resume(self) -> None:
+    def resume(self, token: int | None = None) -> bool:
+        """Resume; with `token` (the `pause_token` when the resume was asked), only if no pause came since: the
+        latest request wins. True if it resumed."""
         with self._cond:
+            if token is not None and token != self._pauses:
+                return False
             self._paused = False
             self._cond.notify_all()
+            return True
 
     def kill(self) -> None:
         with self._cond:

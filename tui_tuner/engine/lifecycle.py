@@ -34,6 +34,7 @@ TRANSITIONS: dict[tuple[TrialState, TrialState], str] = {
     (S.WAITING, S.STARTING): "starting",
     (S.WAITING, S.CANCELLED): "cancelled",
     (S.WAITING, S.FAILED): "failed",  # its params turned out invalid when it was asked
+    (S.WAITING, S.INTERRUPTED): "interrupted",  # asked just as the sweep stopped: resume starts it
     (S.INTERRUPTED, S.STARTING): "resuming",
     (S.STARTING, S.RUNNING): "started",
     (S.STARTING, S.PAUSED): "paused",  # a trial paused at the stop comes back paused

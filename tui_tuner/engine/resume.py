@@ -15,9 +15,9 @@ from pydantic import ValidationError
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.run_dir import RunDir, stage_copy
-from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StudyGateway, by_user, state_of
+from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, ELAPSED_ATTR, StudyGateway, by_user, state_of
 from tui_tuner.engine.trial import TrialRun
-from tui_tuner.params import TrialParams
+from tui_tuner.params import TrialParams, first_error
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, checkpoint_problem, list_checkpoints
 
@@ -30,6 +30,7 @@ class Reloaded:
     relaunch: list[TrialRun] = field(default_factory=list)  # interrupted ones, to continue under their numbers
     sampled: int = 0  # sampler-proposed trials already spent from the budget
     concurrency: int | None = None  # the live value when the run stopped
+    elapsed: float = 0.0  # seconds the study ran before (study.timeout counts on from there)
     legacy: list[tuple[TrialRun, CheckpointInfo | None]] = field(default_factory=list)  # 0.1.0 stops, see below
     notes: list[Note] = field(default_factory=list)  # events for the sweep to emit: what the reload repaired
 
@@ -39,21 +40,41 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
     """Records of every trial in the study, and what the relaunch needs (its budget, concurrency, pauses)."""
     events = read_jsonl(layout.events)
     paused_legacy = _paused_at_death(events)
+    kills = _kills_not_told(events)
     notes: list[Note] = []
     _repair_waiting_forks(gateway, layout, notes)  # before the records: a cancelled fork is read back as such
     trials = gateway.trials()
     continued = {t.user_attrs.get("continues") for t in trials}
-    out = Reloaded(concurrency=gateway.study_attr(CONCURRENCY_ATTR) or _last_concurrency(events), notes=notes)
+    out = Reloaded(concurrency=gateway.study_attr(CONCURRENCY_ATTR) or _last_concurrency(events), notes=notes,
+                   elapsed=float(gateway.study_attr(ELAPSED_ATTR) or 0.0))
     by_number: dict[int, TrialRun] = {}
     for t in trials:
         a = t.user_attrs
-        if a.get("origin", "sampler") == "sampler" and t.state != OptunaState.WAITING \
-                and not a.get("interrupted_before_start"):
-            out.sampled += 1  # a 0.1.0 trial stopped before it started is queued again (below) and counts then
+        # A 0.1.0 trial stopped before it started is queued again (below) and counts then; one the sampler
+        # failed to create (no origin: its ask never finished; ask_failed) never counted.
+        if a.get("origin") == "sampler" and t.state != OptunaState.WAITING \
+                and not a.get("interrupted_before_start") and not a.get("ask_failed"):
+            out.sampled += 1
         run = record_of(t, layout, preset)
         by_number[t.number] = run
         out.runs.append(run)
-        if run.params is None:  # waiting: nothing ran yet
+        if t.state == OptunaState.RUNNING and (why := _cannot_continue(t, run, preset)) is not None:
+            # Relaunching it is impossible, and leaving it would keep the run "resumable" forever: fail it.
+            run.trial = gateway.handle(t)
+            _fail_at_resume(gateway, run, why, out.notes)
+            _load_history(run, by_number, None)
+            continue
+        if t.state == OptunaState.RUNNING and (a.get("stopped_by_user") or t.number in kills):
+            # Killed by the user, but the storage failed (or the process died) before the PRUNED tell: tell it now
+            # rather than continue a trial the user ended.
+            run.trial = gateway.handle(t)
+            _load_history(run, by_number, None)
+            step = a.get("stopped_at_step", run.step)
+            _end_at_resume(gateway, run, S.KILLED, {"stopped_by_user": True, "stopped_at_step": step}, out.notes,
+                           f"trial {t.number} killed by the user at step {step} (the kill is told now: the "
+                           "storage failed or the run died before it was)")
+            continue
+        if run.params is None:  # waiting: nothing ran yet (or finished with params the schema now refuses)
             continue
         run.total = total_steps(run.params)
         ckpts = list_checkpoints(run.trial_dir)
@@ -64,11 +85,8 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
             run.trial = gateway.handle(t)
             if start is None and run.fork_step is not None:
                 # A fork from step 0 would be another trial under its number: fail it, naming what is gone.
-                run.error = (f"no intact checkpoint to continue from (its own are damaged or gone, and so is "
-                             f"its parent's {a.get('fork_checkpoint')})")
-                gateway.set_attrs(run.trial, {"error": run.error})
-                gateway.tell(run.trial, OptunaState.FAIL)
-                run.state = S.FAILED
+                _fail_at_resume(gateway, run, f"no intact checkpoint to continue from (its own are damaged or "
+                                f"gone, and so is its parent's {a.get('fork_checkpoint')})", out.notes)
                 _load_history(run, by_number, None)
                 continue
             _load_history(run, by_number, start.step if start else 0)
@@ -102,9 +120,42 @@ def record_of(t: FrozenTrial, layout: RunDir, preset: Preset) -> TrialRun:
         return TrialRun(params=None, searched=dict(t.system_attrs.get("fixed_params", {})), **common)
     try:
         params = TrialParams.model_validate({**preset.params.model_dump(), **t.params, **overrides})
-    except ValidationError:
-        params = None  # params the current schema refuses: shown, never run again
+    except ValidationError as e:
+        # Params the current preset or schema refuses (the preset was edited): shown, never run again.
+        return TrialRun(params=None, searched=dict(t.params), error=f"its params are no longer valid "
+                        f"({first_error(e)})", **common)
     return TrialRun(params=params, searched=dict(t.params), **common)
+
+
+def _cannot_continue(t: FrozenTrial, run: TrialRun, preset: Preset) -> str | None:
+    """Why an interrupted (RUNNING) trial cannot be continued, in one line; None when it can."""
+    if run.params is None:
+        return f"{run.error}: it cannot be continued (was the preset edited?)"
+    never_ran = not (run.trial_dir / "metrics.jsonl").exists() and not list_checkpoints(run.trial_dir)
+    missing = sorted(k for k in preset.search if k not in t.params and k not in run.overrides)
+    if never_ran and ("origin" not in t.user_attrs or missing):
+        return (f"the sweep ended while the sampler was creating it (never sampled: {', '.join(missing)})"
+                if missing else "the sweep ended while the sampler was creating it")
+    return None
+
+
+def _fail_at_resume(gateway: StudyGateway, run: TrialRun, why: str, notes: list[Note]) -> None:
+    run.error = why
+    _end_at_resume(gateway, run, S.FAILED, {"error": why}, notes, f"trial {run.number} failed at resume: {why}")
+
+
+_TOLD = {S.FAILED: OptunaState.FAIL, S.KILLED: OptunaState.PRUNED}
+
+
+def _end_at_resume(gateway: StudyGateway, run: TrialRun, state: S, attrs: dict[str, Any], notes: list[Note],
+                   message: str) -> None:
+    """End an interrupted trial instead of continuing it: attrs, the tell, the record's state, an event."""
+    assert run.trial is not None
+    gateway.set_attrs(run.trial, attrs)
+    gateway.tell(run.trial, _TOLD[state])
+    run.state = state
+    run.user_attrs.update(attrs)
+    notes.append((str(state), run.number, message, {}))
 
 
 def _legacy_stop_point(a: dict[str, Any], ckpts: list[CheckpointInfo], layout: RunDir) -> CheckpointInfo | None:
@@ -232,6 +283,18 @@ def _paused_at_death(events: list[dict[str, Any]]) -> set[int]:
         elif e.get("event") in ("resumed", "killed", "complete", "pruned", "failed", "interrupted"):
             paused.discard(e["trial"])
     return paused
+
+
+def _kills_not_told(events: list[dict[str, Any]]) -> set[int]:
+    """Trials whose last kill request the event log never saw carried out (a kill wins over a stop at the
+    trial's boundary, so a request followed only by `interrupted` is a kill whose tell failed, or a crash)."""
+    pending: set[int] = set()
+    for e in events:
+        if e.get("event") == "kill_requested":
+            pending.add(e["trial"])
+        elif e.get("event") in ("killed", "complete", "pruned", "failed", "cancelled"):
+            pending.discard(e["trial"])
+    return pending
 
 
 def _last_concurrency(events: list[dict[str, Any]]) -> int | None:

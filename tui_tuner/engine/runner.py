@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -27,6 +28,20 @@ from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import CheckpointInfo, CheckpointKind, list_checkpoints, prune_checkpoints
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_failure(e: BaseException, where: Path) -> str:
+    """Why a checkpoint write failed, in one line. A full disk says so and where, whatever form it took: an
+    OSError ENOSPC (maybe wrapped), or torch's "unexpected pos A vs B" RuntimeError, which is what a short write
+    (the disk filled mid-file) looks like from torch.save."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return f"no space left on {where} ({error_line(e)})"
+        if isinstance(seen, RuntimeError) and "unexpected pos" in str(seen):
+            return f"no space left on {where} (a short write: {error_line(e)})"
+        seen = seen.__cause__ or seen.__context__
+    return error_line(e)
 
 
 class Diverged(RuntimeError):
@@ -59,6 +74,7 @@ class TrialRunner:
     def __init__(self, host: TrialHost, run: TrialRun):
         self.host, self.run = host, run
         self.metrics = JsonlWriter(host.layout.metrics(run.number))
+        self._killing = False  # in _finish_killed: a storage error there leaves the kill for resume to tell
 
     # -- thread entry ------------------------------------------------------------------------
     def __call__(self) -> None:
@@ -201,7 +217,8 @@ class TrialRunner:
             prune_checkpoints(run.trial_dir, conf.keep, conf.keep_best)
         except Exception as e:  # torch.save and safetensors raise RuntimeError-like errors on a full disk, too
             self.host.emit("checkpoint_failed", run.number, f"trial {run.number}: checkpoint at step "
-                           f"{run.step} failed: {error_line(e)}; previous checkpoint kept")
+                           f"{run.step} failed: {checkpoint_failure(e, run.trial_dir / 'checkpoints')}; previous "
+                           "checkpoint kept")
             return None
         run.checkpoints = list_checkpoints(run.trial_dir)
         run.version += 1
@@ -236,6 +253,7 @@ class TrialRunner:
 
     def _finish_killed(self) -> None:
         run = self.run
+        self._killing = True
         self._ensure_report()
         self._set_attrs(stopped_by_user=True, stopped_at_step=run.step)
         self._tell(OptunaState.PRUNED)
@@ -274,7 +292,9 @@ class TrialRunner:
         interrupted; `resume` continues them all once the storage works again."""
         self.host.storage_failed(str(e))
         if self.run.active:
-            self._finish_interrupted(because=f"a storage error ({e})")
+            # The kill_requested event (and stopped_by_user, if it was written) tells resume to finish the kill.
+            kill = "; its kill is told when the run is resumed" if self._killing else ""
+            self._finish_interrupted(because=f"a storage error ({e}){kill}")
 
     def _finish_failed(self, e: BaseException) -> None:
         run = self.run

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
-from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, StorageError, StudyGateway
+from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, ELAPSED_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
@@ -31,7 +31,7 @@ class Command:
 
     kind: str
     trial: int | None = None
-    value: int | None = None
+    value: int | None = None  # concurrency: the new value; resume: the trial's pause token when it was asked
     reason: str | None = None  # halt: why
 
 
@@ -63,11 +63,17 @@ class Scheduler:
         self.finished = threading.Event()  # budget spent and nothing running (cleared when new work arrives)
         self.finished_at: float | None = None
         self.started_at = time.time()
+        self.time_used = 0.0  # seconds the study ran in earlier sessions: study.timeout counts on from there
         self._relaunch: list[TrialRun] = []  # interrupted trials to continue, first in line
-        self._resume_pending: list[int] = []  # resumes waiting for a slot (paused_frees_slot)
+        self._resume_pending: dict[int, int | None] = {}  # resumes waiting for a slot (paused_frees_slot), in
+        # order, each with its pause token
         self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        # Held across "is the sweep stopped? launch": stop() sets _stopped under it, so a trial whose ask outlived
+        # stop()'s join is never launched after the sweep collected the threads to stop.
+        # An RLock: the launch's "starting" event is emitted under it, and a listener may call stop() on this thread.
+        self._launch_lock = threading.RLock()
 
     # -- any thread ----------------------------------------------------------------------------
     def send(self, cmd: Command) -> None:
@@ -79,6 +85,8 @@ class Scheduler:
         self._q.put(WAKE)
 
     def start(self, relaunch: list[TrialRun]) -> None:
+        if self._stopped:  # the sweep was stopped while it was opening: nothing may start
+            return
         self._relaunch = list(relaunch)
         self.started_at = time.time()
         self._q.put(WAKE)  # the first look at the slots
@@ -86,14 +94,24 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
-        """No trial starts after this returns (one being asked for right now is launched first, then stopped)."""
-        self._stopped = True
+        """No trial starts after this returns (one being asked for right now ends interrupted, never launched)."""
+        with self._launch_lock:
+            self._stopped = True
         self._q.put(Command("stop"))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """Its thread is still running (a stop whose join timed out: it may still write to the study)."""
+        t = self._thread
+        return t is not None and t is not threading.current_thread() and t.is_alive()
+
     def mark_finished(self, done: bool) -> None:
-        """Elapsed time stops at the finish and runs again if a new trial reopens the sweep."""
+        """Elapsed time stops at the finish and runs again if a new trial reopens the sweep; once stopped, the
+        sweep stays finished (an enqueue racing the stop must not make wait() block forever)."""
+        if not done and self._stopped:
+            return
         if done:
             self.finished_at = self.finished_at or time.time()
             self.finished.set()
@@ -123,7 +141,7 @@ class Scheduler:
 
     def _time_left(self) -> float | None:
         t = self.host.preset.study.timeout
-        left = None if t is None else self.started_at + t - time.time()
+        left = None if t is None else t - self.elapsed()
         if left is None or left <= 0 or self.sampled >= self.host.preset.study.n_trials:
             return None  # nothing to wait for but commands
         return left + 0.01
@@ -135,9 +153,9 @@ class Scheduler:
             h.gateway.set_study_attr(CONCURRENCY_ATTR, c.value)
             h.emit("concurrency", None, f"concurrency set to {c.value}", concurrency=c.value)
         elif c.kind == "resume" and c.trial is not None:
-            self._resume(c.trial)
-        elif c.kind == "unqueue" and c.trial in self._resume_pending:
-            self._resume_pending.remove(c.trial)
+            self._resume(c.trial, c.value)
+        elif c.kind == "unqueue":
+            self._resume_pending.pop(c.trial, None)  # type: ignore[arg-type]
         elif c.kind == "cancel" and c.trial is not None:
             self._cancel(c.trial)
         elif c.kind == "halt" and c.reason is not None:
@@ -149,14 +167,14 @@ class Scheduler:
         return (self.host.preset.study.paused_frees_slot and run.control.paused and run.state is S.PAUSED
                 and self._occupied() >= self.concurrency)
 
-    def _resume(self, n: int) -> None:
+    def _resume(self, n: int, token: int | None) -> None:
         run = self.host.registry.get(n)
-        if run is None or not run.active:
-            return
+        if run is None or not run.active or (token is not None and token != run.control.pause_token):
+            return  # paused again since this resume was asked: the later pause wins
         if not self.must_wait_for_slot(run):
-            run.control.resume()
+            run.control.resume(token)
         elif n not in self._resume_pending:
-            self._resume_pending.append(n)
+            self._resume_pending[n] = token
             self.host.emit("resume_queued", n, f"trial {n} resumes when a slot frees (concurrency {self.concurrency})")
 
     def _cancel(self, n: int) -> None:
@@ -182,7 +200,7 @@ class Scheduler:
 
     def budget_left(self) -> bool:
         s = self.host.preset.study
-        timed_out = s.timeout is not None and time.time() - self.started_at > s.timeout
+        timed_out = s.timeout is not None and self.elapsed() > s.timeout
         return self.sampled < s.n_trials and not timed_out
 
     def _queued(self) -> bool:
@@ -201,13 +219,15 @@ class Scheduler:
         while not self._stopped:
             room = self._occupied() < self.concurrency
             if room and self._resume_pending:
-                run = self.host.registry.get(self._resume_pending.pop(0))
+                n = next(iter(self._resume_pending))
+                token = self._resume_pending.pop(n)
+                run = self.host.registry.get(n)
                 if run is not None and run.active:
-                    run.control.resume()
+                    run.control.resume(token)
                 continue
             if self._relaunch and (room or (free_paused and self._relaunch[0].control.paused)):
                 self.mark_finished(False)
-                self.host.launch(self._relaunch.pop(0))
+                self._launch(self._relaunch.pop(0))
                 continue
             if room and self._can_start_more():
                 self.mark_finished(False)
@@ -221,6 +241,8 @@ class Scheduler:
         if busy or self._relaunch or self._can_start_more() or self.finished.is_set():
             return
         self.mark_finished(True)
+        if self.host.preset.study.timeout is not None:
+            self.record_elapsed()
         why = f"halted: {self.halted}" if self.halted else "budget spent"
         self.host.emit("sweep_finished", None, f"sweep finished: {why}")
 
@@ -228,14 +250,38 @@ class Scheduler:
         """Ask Optuna (enqueued WAITING trials come first) and launch the trial."""
         h = self.host
         trial, attrs = h.gateway.ask()
-        if attrs["origin"] == "sampler":
-            self.sampled += 1
+        # Any other error of suggest is the sampler's: it reaches _loop, whose halt fails this trial.
+        invalid: ValidationError | None = None
         try:
             params = h.gateway.suggest(trial, attrs.get("overrides", {}))
-        except (ValidationError, ValueError) as e:
-            self._fail_invalid(trial, attrs, e)
+        except ValidationError as e:
+            invalid = e
+        if attrs["origin"] == "sampler":
+            self.sampled += 1  # after suggest: a trial the sampler failed to create is not from the budget
+        if invalid is not None:
+            self._fail_invalid(trial, attrs, invalid)
             return
-        h.launch(h.prepare_asked(trial, attrs, params))
+        self._launch(h.prepare_asked(trial, attrs, params))
+
+    def elapsed(self) -> float:
+        """Seconds the study has run, over every session of the run (what study.timeout limits)."""
+        return self.time_used + time.time() - self.started_at
+
+    def record_elapsed(self) -> None:
+        """Keep the time used in the study, so a resume goes on counting it (written at each launch, at the
+        finish and at a stop: a crash loses at most the time since the last of these)."""
+        self.host.gateway.set_study_attr(ELAPSED_ATTR, round(self.elapsed(), 3))
+
+    def _launch(self, run: TrialRun) -> None:
+        if self.host.preset.study.timeout is not None:
+            self.record_elapsed()
+        with self._launch_lock:
+            if not self._stopped:
+                self.host.launch(run)
+                return
+        if run.state is S.WAITING:  # asked while the sweep stopped: RUNNING in the study, resume starts it
+            self.host.lifecycle.move(run, S.INTERRUPTED, f"trial {run.number} interrupted by the sweep stop "
+                                     "before it started")
 
     def _fail_invalid(self, trial: optuna.Trial, attrs: dict[str, Any], e: Exception) -> None:
         h, msg = self.host, f"invalid params: {error_line(e)}"

@@ -64,11 +64,18 @@ def make_pruner(preset: Preset, max_resource: int) -> optuna.pruners.BasePruner:
 
 def suggest_params(trial: optuna.Trial, preset: Preset, overrides: dict[str, Any] | None = None) -> TrialParams:
     """The preset's fixed params, the searched ones suggested by Optuna, then per-trial overrides (forks)."""
-    values = preset.params.model_dump()
-    for name, d in preset.search.items():
-        values[name] = _suggest(trial, name, d)
-    values.update(overrides or {})
-    return TrialParams.model_validate(values)
+    return trial_params(preset, sample_params(trial, preset), overrides)
+
+
+def sample_params(trial: optuna.Trial, preset: Preset) -> dict[str, Any]:
+    """The searched params, from the sampler: an error here is the sampler's (Optuna samples relative params
+    lazily, inside the first suggest), not the params'."""
+    return {name: _suggest(trial, name, d) for name, d in preset.search.items()}
+
+
+def trial_params(preset: Preset, searched: dict[str, Any], overrides: dict[str, Any] | None) -> TrialParams:
+    """The preset's fixed params, then the searched ones, then per-trial overrides; ValidationError if invalid."""
+    return TrialParams.model_validate({**preset.params.model_dump(), **searched, **(overrides or {})})
 
 
 def _suggest(trial: optuna.Trial, name: str, d: FloatDist | IntDist | CategoricalDist) -> Any:

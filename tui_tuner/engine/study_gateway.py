@@ -11,6 +11,7 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | stopped_by_user, stopped_at_step | killed | Optuna PRUNED by the user |
 | pruned_at_step | pruned | Optuna PRUNED by the pruner |
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
+| ask_failed | the sampler failed creating it | Optuna FAIL; not counted in the budget |
 | cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |
 | | | trial that never ran teaches them nothing; PRUNED would read as "a bad configuration") |
 | cancelled_reason | cancelled by resume | a queued fork whose checkpoint is lost with its parent's: Optuna FAIL |
@@ -19,7 +20,8 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | paused | paused / resumed | True while paused: a resume brings it back paused |
 | continues, interrupted_before_start | (0.1.0 only) | a stop told PRUNED then; resume continued it as a fork |
 
-Study user attrs: `concurrency` (the live value, restored by resume).
+Study user attrs: `concurrency` (the live value, restored by resume); `elapsed_s` (seconds the study has run
+over all its sessions, kept when study.timeout is set: a resume counts the timeout on from there).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +43,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.engine.lifecycle import TrialState
-from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, suggest_params
+from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, sample_params, trial_params
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import Preset
@@ -48,6 +51,7 @@ from tui_tuner.preset import Preset
 log = logging.getLogger(__name__)
 
 CONCURRENCY_ATTR = "concurrency"
+ELAPSED_ATTR = "elapsed_s"
 
 
 def state_of(t: FrozenTrial) -> TrialState:
@@ -104,6 +108,16 @@ def repair_torn_journal(path: Path) -> str | None:
 class StorageError(RuntimeError):
     """The study's storage failed (disk full, I/O error on the journal): the sweep halts and its running trials
     are interrupted, never failed, since their training was fine."""
+
+
+def is_storage_fault(e: BaseException) -> bool:
+    """An error of the storage itself: an OSError (journal), Optuna's StorageInternalError, or any SQLAlchemy
+    error (an RDB --storage). sqlalchemy is only looked up once something imported it: the engine must not pay
+    for importing it when the journal is used."""
+    if isinstance(e, (OSError, optuna.exceptions.StorageInternalError)):
+        return True
+    sa_exc = sys.modules.get("sqlalchemy.exc")
+    return sa_exc is not None and isinstance(e, sa_exc.SQLAlchemyError)
 
 
 def by_user(attrs: dict[str, Any]) -> bool:
@@ -185,7 +199,12 @@ class StudyGateway:
 
     def handle(self, t: FrozenTrial) -> optuna.Trial:
         """A live trial object for a stored RUNNING trial (an interrupted one being continued)."""
-        return optuna.Trial(self.study, t._trial_id)
+        with self.lock:  # building one reads the storage and calls the sampler's before_trial
+            asking = self._asking
+            try:
+                return optuna.Trial(self.study, t._trial_id)
+            finally:
+                self._asking = asking  # before_trial marked it as being asked: it is not
 
     # -- the scheduler's calls -----------------------------------------------------------------
     def ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
@@ -197,12 +216,15 @@ class StudyGateway:
             if "origin" not in attrs:
                 attrs["origin"] = "sampler"
                 trial.set_user_attr("origin", "sampler")
-            self._asking = None
-            return trial, attrs
+            return trial, attrs  # still being asked until `suggest` has its params
 
     def suggest(self, trial: optuna.Trial, overrides: dict[str, Any]) -> TrialParams:
-        with self.lock:
-            return suggest_params(trial, self.preset, overrides)
+        """The asked trial's params. A sampler error raises with the trial still marked as being asked, so the
+        halt it causes fails that trial (`fail_asked`); params that do not validate raise ValidationError."""
+        with self.lock, self._storage_call(f"trial {trial.number}: suggest"):
+            searched = sample_params(trial, self.preset)
+            self._asking = None
+        return trial_params(self.preset, searched, overrides)
 
     def enqueue(self, searched: dict[str, Any], attrs: dict[str, Any]) -> FrozenTrial:
         """Add a WAITING trial; the caller holds `lock` around this and whatever must happen before an ask can
@@ -233,6 +255,7 @@ class StudyGateway:
             with self.lock:
                 # The storage, not optuna.Trial: building a Trial would run the failing sampler again.
                 self.storage.set_trial_user_attr(trial_id, "error", msg)
+                self.storage.set_trial_user_attr(trial_id, "ask_failed", True)  # resume: not from the budget
                 self.study.tell(number, state=OptunaState.FAIL, skip_if_finished=True)
         except Exception as e:  # the storage itself is broken: the halt still has to happen
             log.warning("could not mark trial %s failed after: %s (%s)", number, msg, error_line(e))
@@ -265,11 +288,14 @@ class StudyGateway:
 
     @contextlib.contextmanager
     def _storage_call(self, what: str) -> Iterator[None]:
-        """An OSError out of the storage (the journal's disk is full, an I/O error) is the study's fault, not
-        the trial's: raised as StorageError, so the trial ends interrupted and the sweep halts."""
+        """An error out of the storage (the journal's disk is full, an I/O error, a database that is locked or
+        gone) is the study's fault, not the trial's: raised as StorageError, so the trial ends interrupted and
+        the sweep halts."""
         try:
             yield
-        except OSError as e:
+        except Exception as e:
+            if not is_storage_fault(e):
+                raise
             where = self._url or str(self._journal)
             raise StorageError(f"storage {where}: {what} failed: {error_line(e)}") from e
 

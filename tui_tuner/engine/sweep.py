@@ -1,12 +1,17 @@
 """The Sweep: the public facade over the study gateway, the scheduler, the trial threads and the run directory.
 
 Locks, and what each guards (lock order: a higher one may be held while taking a lower one, never the reverse):
+0. Scheduler._launch_lock (RLock): its `_stopped` flag and the launch of a trial together, so no trial is
+   launched after stop() has collected the threads to stop (the only lock a listener runs under: the launch's
+   "starting" event).
 1. StudyGateway.lock (RLock): every Optuna call; held across "enqueue + register" so an ask cannot pop a trial
-   before its checkpoint and record are in place.
+   before its checkpoint and record are in place. stop() takes it once after setting `_stopping`, so no enqueue
+   (which checks `_stopping` again under it) writes after the run dir is released.
 2. TrialRegistry.lock (RLock): which trials exist and each one's state (Lifecycle.move holds it).
 3. TrialControl._cond, per trial: its pause/kill/stop flags and queued work.
 4. EventLog._lock, Series._lock: the event tail and listeners; one metric series.
-No event listener runs under any of them (Lifecycle emits after releasing 2).
+No event listener runs under any of them (Lifecycle emits after releasing 2). Apart: training.model.RNG_LOCK, torch's
+process-wide RNG (model builds, a checkpoint's save and restore of it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState as OptunaState
 from pydantic import ValidationError
 
 from tui_tuner.engine import resume as resume_mod
@@ -37,9 +43,9 @@ from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
-from tui_tuner.engine.study_gateway import StudyGateway, by_user
+from tui_tuner.engine.study_gateway import StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
-from tui_tuner.format import first_line
+from tui_tuner.format import error_line, first_line
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, list_checkpoints
@@ -159,6 +165,7 @@ class Sweep:
             for run in got.runs:
                 self.registry.add(run)
             self.scheduler.sampled = got.sampled
+            self.scheduler.time_used = got.elapsed
             if got.concurrency:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
@@ -173,13 +180,18 @@ class Sweep:
             self._phase = "stopping" if stopped_meanwhile else "running"
         self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
                          resumed=self._resuming)
-        if stopped_meanwhile:  # stop() came while this was opening the study: finish that stop now
-            self._stopping = False
-            self.stop()
+        if stopped_meanwhile:  # stop() came while this was opening the study: carry that stop out now
+            self._carry_out_stop(None, announce=True)
             return
         for run, source in legacy:
-            self._continue_legacy(run, source)
-        self.scheduler.start(relaunch)
+            try:
+                self._continue_legacy(run, source)
+            except SweepError as e:
+                if self._stopping:  # a stop came meanwhile: it wins; the next resume continues the rest
+                    break
+                self.events.emit("continue_failed", run.number, f"trial {run.number} (stopped by 0.1.0) is not "
+                                 f"continued: {e}")
+        self.scheduler.start(relaunch)  # starts nothing once stopped
 
     def _check_study_is_ours(self) -> None:
         """A new sweep must not add trials to a study that is already there (a --run-dir holding another run's
@@ -190,7 +202,7 @@ class Sweep:
         if not self._resuming and n is not None and not self.join:
             raise SweepError(f"{where} already holds a study {name!r} ({n} trial{'s' if n != 1 else ''}): a new "
                              "sweep would add to it; resume that run, use another --run-dir or study name, or "
-                             "join it on purpose (join=True)")
+                             "join it on purpose (--join; join=True in the API)")
         ran = self.layout.trials_that_ran() if self._resuming and not n else []
         if ran:
             raise SweepError(f"{where}: holds no study {name!r}, but {self.layout.trials} holds {len(ran)} "
@@ -210,20 +222,33 @@ class Sweep:
                 return  # start() is still loading: it sees the stop and carries it out itself
             if not already and self._phase == "running":
                 self._phase = "stopping"
-        # The scheduler first: a trial it is starting right now must be among the runs stopped below.
+        self._carry_out_stop(timeout, announce=not already)
+
+    def _carry_out_stop(self, timeout: float | None, announce: bool) -> None:
+        # An enqueue or fork past its first check may be writing under the gateway lock: let it finish before the
+        # run dir is let go (it checks `_stopping` again under that lock, so none is written after).
+        if self.gateway.lock.acquire(timeout=-1 if timeout is None else timeout):
+            self.gateway.lock.release()
+        # The scheduler next: a trial it is starting right now must be among the runs stopped below.
         self.scheduler.stop(timeout)
+        if self.preset.study.timeout is not None and self.events.is_open:  # the study is open
+            try:
+                self.scheduler.record_elapsed()
+            except Exception as e:  # a broken storage must not keep the stop from finishing
+                log.warning("could not record the time used: %s", error_line(e))
         runs = [r for r in self.registry.all() if r.thread is not None]
         for r in runs:
             r.control.stop()
         for r in runs:
             r.thread.join(timeout)  # type: ignore[union-attr]
-        if not already and self.events.is_open:
+        if announce and self.events.is_open:
             self.events.emit("sweep_stopped", None, "sweep stopped")
             self.events.close()
         self._phase = "stopped"
         # A thread that outlived `timeout` may still write to the run dir: keep the lock (the process's exit
         # drops it) so no other process resumes the run under it.
-        if self._lock is not None and not any(r.thread.is_alive() for r in runs):  # type: ignore[union-attr]
+        alive = self.scheduler.alive or any(r.thread is not None and r.thread.is_alive() for r in runs)
+        if self._lock is not None and not alive:
             self._lock.release()
         self.scheduler.mark_finished(True)
 
@@ -278,7 +303,8 @@ class Sweep:
         run = self._active(n)
         run.version += 1  # pause_requested changes (now, or once a slot frees)
         if self.scheduler.must_wait_for_slot(run):
-            self.scheduler.send(Command("resume", trial=n))  # the scheduler queues it (and checks again)
+            # The scheduler queues it (and checks again); a pause after this request voids it (the token).
+            self.scheduler.send(Command("resume", trial=n, value=run.control.pause_token))
         else:
             run.control.resume()  # at once, in order with the pause before it
 
@@ -390,13 +416,16 @@ class Sweep:
         if self._phase == "loading":
             raise SweepError("the sweep is still loading")
 
+    def _refuse_new_trials(self) -> None:
+        self._refuse_if_stopped()
+        if self.halted:
+            raise SweepError(f"the sweep cannot start trials: {self.halted}")
+
     def _enqueue(self, values: TrialParams, attrs: dict[str, Any],
                  copy_checkpoint: CheckpointInfo | None = None, fixed: set[str] | None = None) -> int:
         """Enqueue a WAITING trial: searched params in `fixed` (default: all) become Optuna fixed params,
         other changed params are kept in the `overrides` user attr."""
-        self._refuse_if_stopped()
-        if self.halted:
-            raise SweepError(f"the sweep cannot start trials: {self.halted}")
+        self._refuse_new_trials()
         searched = {k: getattr(values, k) for k in self.preset.search if fixed is None or k in fixed}
         for k, dist in self.preset.search.items():
             choices = getattr(dist, "choices", None)
@@ -411,6 +440,7 @@ class Sweep:
             # Under the gateway's lock the scheduler's ask cannot pop the child before its checkpoint is in place
             # and its record registered.
             with self.gateway.lock:
+                self._refuse_new_trials()  # again: a stop may have come during the copy (stop() waits for this lock)
                 queued = self.gateway.enqueue(searched, attrs)
                 if staged is not None and copy_checkpoint is not None:
                     dest = checkpoint_dir(self.layout.trial(queued.number), copy_checkpoint.step)
@@ -470,7 +500,27 @@ class Sweep:
                  else " from step 0 (no checkpoint)") if frm is S.INTERRUPTED else ""
         self.lifecycle.move(run, S.STARTING, f"trial {run.number} {'resumes' if frm is S.INTERRUPTED else 'starts'}"
                             f"{where}" + (" (paused)" if run.control.paused else ""))
-        run.thread.start()
+        try:
+            run.thread.start()
+        except RuntimeError as e:  # "can't start new thread": out of threads or memory
+            self._thread_failed(run, e)
+
+    def _thread_failed(self, run: TrialRun, e: RuntimeError) -> None:
+        """Its thread could not start: no thread will ever end it, so end it here (starting -> failed, told FAIL);
+        the scheduler goes on. If the storage fails too, it is left interrupted (RUNNING) for resume."""
+        run.thread = run.runner = None
+        run.control.fail_pending(RuntimeError(f"trial {run.number} has finished"))
+        msg = f"could not start its thread: {error_line(e)}"
+        try:
+            if run.trial is not None:
+                self.gateway.set_attrs(run.trial, {"error": msg})
+                self.gateway.tell(run.trial, OptunaState.FAIL)
+        except StorageError:
+            self.lifecycle.move(run, S.INTERRUPTED, f"trial {run.number} interrupted: {msg}")
+            raise  # the scheduler halts the sweep on it
+        run.error, run.told = msg, True
+        run.user_attrs["error"] = msg
+        self.lifecycle.move(run, S.FAILED, f"trial {run.number} failed: {msg}")
 
     def trial_ended(self, run: TrialRun) -> None:
         run.reaped = True

@@ -24,7 +24,7 @@ from tui_tuner.training.checkpoint_files import (  # noqa: F401  (re-exported: t
     list_checkpoints,
     prune_checkpoints,
 )
-from tui_tuner.training.model import adalora_state, load_adalora_state
+from tui_tuner.training.model import RNG_LOCK, adalora_state, load_adalora_state
 
 if TYPE_CHECKING:
     from tui_tuner.training.finetune import FineTune
@@ -49,11 +49,7 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
             "scaler": ft.scaler.state_dict() if ft.scaler else None,
             "data": ft.stream.state(),
             "params": ft.params.model_dump(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python": random.getstate(),
-            },
+            "rng": _rng_state(),
         }
         torch.save(state, tmp / STATE_FILE)
         info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method,
@@ -125,8 +121,18 @@ def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
     ft.step_count = state["step"]
     ft.stream.restore(state["data"])
     rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    with RNG_LOCK:  # never while another trial's model is being built from its seed: that would change its init
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     ft.apply_params(ft.params)
     return state
+
+
+def _rng_state() -> dict[str, Any]:
+    with RNG_LOCK:  # a model being built holds the generator at its own seed: that is not this trial's state
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(),
+        }

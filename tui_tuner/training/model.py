@@ -16,8 +16,10 @@ from tui_tuner.format import first_line
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import BUILTIN_MODEL
 
-# peft's LoRA init and dropout layers draw from torch's global RNG: build one model at a time, seeded.
-_BUILD_LOCK = threading.Lock()
+# peft's LoRA init and dropout layers draw from torch's global RNG: build one model at a time, seeded. Whatever
+# else sets or reads that process-wide generator (a checkpoint's save and restore) takes this lock too, or it
+# would reseed a model being built in another trial's thread.
+RNG_LOCK = threading.Lock()
 
 
 class ModelError(ValueError):
@@ -52,7 +54,7 @@ def builtin_model_dir() -> Path:
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
         tie_word_embeddings=False, initializer_range=0.2,  # 0.02 leaves LoRA on a random model near-frozen
     )
-    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +141,7 @@ def build_model(
 
     _quiet_transformers()
     source = weights_dir or resolve_model_path(name)
-    with _BUILD_LOCK, torch.random.fork_rng(devices=[]):
+    with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
