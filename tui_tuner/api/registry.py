@@ -89,4 +89,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's process reusing the pid: not ours, and not alive for us
         return False
-    return True
+    try:  # a killed engine whose parent has not reaped it yet is a zombie: dead for us
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know
