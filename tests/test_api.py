@@ -9,38 +9,20 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
-from conftest import tiny_preset_dict, wait_for
-from fake_backend import FakeBackend
+from conftest import wait_for
 
 from tui_tuner.api import registry
 from tui_tuner.api.client import ApiClient, CommandError, NotRunning, RemoteSweep
 from tui_tuner.api.server import ApiServer
 from tui_tuner.api.wire import snapshot_from_wire, snapshot_to_wire
 from tui_tuner.engine.sweep import Sweep
-from tui_tuner.preset import Preset
 
 LONG = {"max_steps": 100_000}
-
-
-@pytest.fixture
-def fake_sweep(tmp_path: Path) -> Iterator[Callable[..., Sweep]]:
-    made: list[Sweep] = []
-
-    def factory(run_dir: Path | None = None, step_s: float = 0.005, **sections: Any) -> Sweep:
-        s = Sweep(Preset.from_dict(tiny_preset_dict(**sections)), run_dir or tmp_path / "run",
-                  backend=FakeBackend(step_s=step_s))
-        made.append(s)
-        return s
-
-    yield factory
-    for s in made:
-        s.stop(timeout=30)
 
 
 @pytest.fixture
