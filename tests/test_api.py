@@ -204,7 +204,7 @@ def test_tcp_listening_needs_the_token(fake_sweep):
 def test_a_non_finite_metric_crosses_the_wire_as_itself(fake_sweep, serve, monkeypatch):
     import dataclasses
 
-    from fake_backend import FakeTrainer
+    from tests.fake_backend import FakeTrainer  # the module conftest's fake_sweep builds from
 
     step = FakeTrainer.step
     monkeypatch.setattr(FakeTrainer, "step", lambda self: dataclasses.replace(step(self), grad_norm=math.inf))
