@@ -239,3 +239,52 @@ def test_stop_over_the_api_interrupts_every_running_trial(served):
     assert remote.snapshot().phase == "stopped"
     assert {t.state for t in sweep.trials()} <= {"interrupted", "waiting"}
     assert remote.resumable
+
+
+def test_a_chart_of_every_trial_is_one_request_and_reads_wake_nobody(served):
+    sweep, remote = served
+    sweep.backend.gate.clear()  # every trial holds between steps: no event can wake the poll below
+    time.sleep(0.3)
+    b = ApiClient(sweep.run_dir)
+    woke: list[Any] = []
+    import threading
+
+    def poll() -> None:  # another client's long-poll, from a sequence number past every event
+        woke.append(b.request("GET", "/events", params={"since": 10**9, "wait": 1.5}, timeout=5))
+
+    t = threading.Thread(target=poll)
+    t.start()
+    time.sleep(0.2)
+    calls: list[str] = []
+    real = remote.client.request
+    remote.client.request = lambda method, path, **kw: (calls.append(path), real(method, path, **kw))[1]
+    first, second = remote.series(0, "loss", 50), remote.series(1, "loss", 50)
+    assert first and second and calls == ["/series"]  # both trials in one round trip
+    t.join()
+    assert woke and woke[0]["changed"] is False  # a read is not a command: nobody refetches for it
+    sweep.backend.gate.set()
+    b.close()
+
+
+def test_a_vanished_engine_never_raises_into_the_ui(fake_sweep):
+    sweep = fake_sweep(params=LONG).start()
+    server = ApiServer(sweep).start()
+    remote = RemoteSweep(sweep.run_dir, refresh_s=0.1)
+    wait_for(lambda: bool(remote.series(0, "loss", 20)), timeout=10, what="a first series")
+    kept = remote.series(0, "loss", 20)
+    server.close()
+    time.sleep(1.1)  # past the cache's freshness: the next call goes to the (gone) engine
+    assert remote.series(0, "loss", 20) == kept  # the last copy, not an exception on the app's thread
+    assert remote.lr_plan(0, 20) == [] or remote.lr_plan(0, 20)
+    remote.close()
+
+
+def test_a_bad_listen_address_is_one_line_and_leaves_no_socket(fake_sweep):
+    from tui_tuner.api.server import ListenError
+
+    sweep = fake_sweep(params=LONG)
+    sweep.claim()
+    for bad in ("127.0.0.1:99999", "nohost", "127.0.0.1:http"):
+        with pytest.raises(ListenError, match="--listen"):
+            ApiServer(sweep, listen=bad).start()
+        assert not (sweep.run_dir / "control.sock").exists()

@@ -243,6 +243,26 @@ def test_headless_never_waits_forever_on_trials_it_cannot_resume(fake_sweep, cap
     assert third.trial(0).state == "complete" and third.trial(0).step == 300
 
 
+def test_headless_with_clients_waits_for_a_resume_and_says_how(fake_sweep):
+    """An engine that serves its API (every CLI run) keeps paused trials for a client (`ctl resume`, attach)."""
+    import io
+    import threading
+
+    from tui_tuner.headless import run_headless
+
+    sweep = fake_sweep(params={"max_steps": 200}, study={"n_trials": 1, "concurrency": 1}).start()
+    wait_for(lambda: sweep.trials() and sweep.trial(0).step > 2, what="stepping")
+    sweep.pause(0)
+    out, code = io.StringIO(), []
+    t = threading.Thread(target=lambda: code.append(run_headless(sweep, table_every=0.5, out=out, clients=True)))
+    t.start()
+    wait_for(lambda: "waiting for a client" in out.getvalue(), timeout=20, what="the paused notice")
+    assert f"ctl {sweep.run_dir} resume 0" in out.getvalue() and t.is_alive()  # waiting, not stopped
+    sweep.resume_trial(0)
+    t.join(30)
+    assert code == [0] and sweep.trial(0).state == "complete"
+
+
 @pytest.mark.parametrize(("optuna_state", "attrs", "expected"), [
     (OptunaState.RUNNING, {"interrupted_at_step": 5}, "interrupted"),
     (OptunaState.RUNNING, {}, "interrupted"),  # left by a crash

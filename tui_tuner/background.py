@@ -32,6 +32,10 @@ def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
     from tui_tuner.engine.run_dir import RunDir, RunDirError
     from tui_tuner.preset import Preset, PresetError, resolve_preset_path
 
+    if args.listen:
+        from tui_tuner.api.server import parse_listen
+
+        parse_listen(args.listen)  # a bad address is the user's one line here, not an engine that died
     tail = [f"--listen={args.listen}"] if args.listen else []
     if args.n_trials is not None:
         tail += ["--n-trials", str(args.n_trials)]
@@ -145,6 +149,10 @@ def start_in_background(args: argparse.Namespace) -> int:
                 proc.wait(10)
             raise EngineFailed(died() or str(e)) from None
 
-    if token:
-        say(listening_hint(f"http://{args.listen}", token), sys.stderr)
-    return run_remote_app(remote, load=load)
+    hint = listening_hint(f"http://{args.listen}", token) if token else None
+    if hint:
+        say(hint, sys.stderr)
+    code = run_remote_app(remote, load=load)
+    if hint:  # the app's screen covered it: again, now that the shell is back
+        say(hint, sys.stderr)
+    return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -75,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     raise_on_stop_signals()  # SIGTERM / SIGHUP stop like Ctrl-C, from here on (loading a model included)
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # `tui-tuner ctl RUN status | head`: the reader has what it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except (ValueError, OSError) as e:
         # Every user-facing error class (PresetError, SweepError, DataError, ModelError) is a ValueError; an
         # OSError is a path the user gave that cannot be used (run dir not writable, --out is a file...).
@@ -131,7 +136,7 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
             if args.listen and not args.as_engine:
                 print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)
             sweep.start()
-            return run_headless(sweep, background=args.as_engine)
+            return run_headless(sweep, clients=True)  # ctl and attach can resume paused trials
         finally:
             server.close()
     finally:

@@ -136,7 +136,6 @@ def ls() -> int:
     from tui_tuner.api import registry
     from tui_tuner.api.client import ApiClient, CommandError, NotRunning
     from tui_tuner.format import fmt_float
-    from tui_tuner.state_words import count_words
 
     rows = []
     for entry in registry.entries():
@@ -146,18 +145,20 @@ def ls() -> int:
         except NotRunning:
             continue  # it is exiting right now
         except CommandError as e:
-            rows.append((entry["run_dir"], str(entry["pid"]), f"not answering: {e}", "", ""))
+            rows.append((_short(entry["run_dir"]), str(entry["pid"]), "not answering", str(e)[:40], "", ""))
             continue
         finally:
             client.close()
-        words = " ".join(f"{w} {n}" for w, n in count_words(st["counts"]))
-        best = f"{fmt_float(st['best_value'])} (#{st['best_trial']})" if st["best_trial"] is not None else "-"
-        rows.append((_short(entry["run_dir"]), str(st["pid"]), f"{st['phase']}: {words} (of {st['n_trials']})",
-                     best, _uptime(st["uptime"])))
+        c = st["counts"]
+        running = c.get("running", 0) + c.get("starting", 0)
+        trials = (f"{running} run, {c.get('paused', 0)} paused, {c.get('complete', 0)} done"
+                  f"/{st['n_trials']}" + (f", {c['failed']} failed" if c.get("failed") else ""))
+        best = f"{fmt_float(st['best_value'])} #{st['best_trial']}" if st["best_trial"] is not None else "-"
+        rows.append((_short(entry["run_dir"]), str(st["pid"]), st["phase"], trials, best, _uptime(st["uptime"])))
     if not rows:
         print("no sweep is running on this box (for this user)")
         return 0
-    head = ("run dir", "pid", "trials", "best eval", "uptime")
+    head = ("run dir", "pid", "phase", "trials", "best eval", "up")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for r in [head, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

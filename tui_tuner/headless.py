@@ -20,10 +20,11 @@ def _still(sweep: Sweep, paused: list[int], settle_s: float = 0.5) -> bool:
     return sweep.only_paused_left == paused
 
 
-def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None, background: bool = False) -> int:
+def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = None, clients: bool = False) -> int:
     """Print events and tables until the budget is spent (exit 0), a client stops the sweep over the API, or a
     Ctrl-C / SIGTERM / SIGHUP stops it gracefully (exit 128 + the signal); a second one during that stop exits
-    at once. In the `background` (a detached engine) paused trials wait for a client to resume them."""
+    at once. With `clients` (the engine serves its control API) paused trials wait for a client to resume
+    them (`ctl resume`, attach); without, nobody could, and it stops."""
     # Looked up per call, not bound as the default at import: sys.stdout may since have been replaced (and the
     # old one closed), as pytest's capture does between tests.
     out = out or sys.stdout
@@ -51,7 +52,7 @@ def run_headless(sweep: Sweep, table_every: float = 5.0, out: TextIO | None = No
             next_table = time.monotonic() + table_every
             told_paused: list[int] = []
             while not sweep.wait(min(1.0, table_every)):
-                if background:
+                if clients:
                     if (paused := sweep.only_paused_left) and paused != told_paused and _still(sweep, paused):
                         told_paused = paused
                         say(f"only paused trials are left ({', '.join(f'#{n}' for n in paused)}): waiting for a "

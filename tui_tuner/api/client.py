@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 CHANGED = "changed"  # the kind of the client's own "redraw now" event (see RemoteSweep._changed_event)
 POLL_WAIT_S = 10.0  # how long one events long-poll is held open by the engine
+SERIES_FRESH_S = 1.0  # one chart redraw's worth: the app redraws a chart at most every 2 s
+SERIES_TIMEOUT_S = 2.0  # the UI thread waits at most this for a series, then draws the last copy
 
 
 class NotRunning(SweepError):
@@ -64,7 +66,11 @@ class ApiClient:
             sock = registry.connect_path(self.run_dir / "control.sock")
             transport = httpx.HTTPTransport(uds=str(sock))
             base = "http://engine"  # the host name is not used over a Unix socket
-        self._http = httpx.Client(transport=transport, base_url=base + PREFIX, headers=headers, timeout=timeout)
+        try:
+            self._http = httpx.Client(transport=transport, base_url=base + PREFIX, headers=headers, timeout=timeout)
+        except httpx.InvalidURL as e:
+            raise CommandError(f"{self.target}: not a usable address ({e}); want a run dir or http://HOST:PORT") \
+                from None
 
     def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None,
                 timeout: float | None = None) -> Any:
@@ -117,6 +123,9 @@ class RemoteSweep:
         self.gone: str | None = None  # why the engine stopped answering, once it has
         self._phase: str | None = None  # the engine's phase as its last events reply gave it
         self._fetched_at = 0.0  # monotonic time of the newest snapshot fetched
+        self._fetch_lock = threading.Lock()  # one snapshot fetch at a time: replies applied in order
+        self._series: dict[tuple[str, int | None], tuple[float, dict[int, list[tuple[float, float]]]]] = {}
+        self._plans: dict[tuple[int, int], list[tuple[int, float]]] = {}
         self._moved = False  # the last events reply said the sweep changed (a command, an event)
         self.pid: int | None = None
         self.run_dir = self.client.run_dir or Path(str(target))
@@ -161,15 +170,18 @@ class RemoteSweep:
 
     # -- the poller ------------------------------------------------------------------------------
     def _fetch_snapshot(self) -> SweepSnapshot:
-        with self._lock:
-            known = ",".join(f"{n}.{t.version}" for n, t in self._cache.items())
-        d = self.client.request("GET", "/snapshot", params={"known": known} if known else None)
-        with self._lock:
-            snap = snapshot_from_wire(d, self._cache)
-            self._resumable = bool(d.get("resumable"))
-            self._snap = snap
-            self._fetched_at = time.monotonic()
-        return snap
+        # Serialised: the poller, the events thread and a command all fetch, and an older reply applied after
+        # a newer one would undo what the user just saw (and mix the cache's versions).
+        with self._fetch_lock:
+            with self._lock:
+                known = ",".join(f"{n}.{t.version}" for n, t in self._cache.items())
+            d = self.client.request("GET", "/snapshot", params={"known": known} if known else None)
+            with self._lock:
+                snap = snapshot_from_wire(d, self._cache)
+                self._resumable = bool(d.get("resumable"))
+                self._snap = snap
+                self._fetched_at = time.monotonic()
+            return snap
 
     def _fetch_events(self, since: int, wait: float) -> list[Event]:
         got = self.client.request("GET", "/events", params={"since": since, "wait": wait}, timeout=wait + 10)
@@ -248,16 +260,46 @@ class RemoteSweep:
             return self._snap
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:
+        """A trial's metric. The app asks on its UI thread, for every trial a chart shows: one request fetches
+        them all (the trials of the current snapshot) and serves the rest of that redraw from a cache, and a
+        slow or vanished engine costs at most SERIES_TIMEOUT_S once, then the last copy (never an error)."""
+        cache_key = (key, max_points)
+        now = time.monotonic()
+        with self._lock:
+            got = self._series.get(cache_key)
+        if got is not None and (now - got[0] < SERIES_FRESH_S or self.gone) and n in got[1]:
+            return got[1][n]
         if self.gone:
-            return []
-        rows = self.client.request("GET", f"/trials/{n}/series", params={"key": key, "max_points": max_points or 0})
-        return [(float(x), float(y)) for x, y in rows]
+            return got[1].get(n, []) if got else []
+        numbers = sorted({n, *(t.number for t in self.snapshot().trials)})
+        try:
+            rows = self.client.request("GET", "/series", timeout=SERIES_TIMEOUT_S, params={
+                "key": key, "max_points": "all" if max_points is None else max_points,
+                "trials": ",".join(map(str, numbers))})
+        except (CommandError, NotRunning):
+            return got[1].get(n, []) if got else []
+        fresh = {int(k): [(float(x), float(y)) for x, y in v] for k, v in rows.items()}
+        with self._lock:
+            self._series[cache_key] = (now, fresh)
+        return fresh.get(n, [])
 
     def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
+        """The planned schedule: fixed once a trial has its params, so kept once fetched."""
+        with self._lock:
+            if (n, points) in self._plans:
+                return self._plans[(n, points)]
         if self.gone:
             return []
-        return [(int(x), float(y)) for x, y in self.client.request("GET", f"/trials/{n}/lr_plan",
-                                                                    params={"points": points})]
+        try:
+            rows = self.client.request("GET", f"/trials/{n}/lr_plan", params={"points": points},
+                                       timeout=SERIES_TIMEOUT_S)
+        except (CommandError, NotRunning):
+            return []
+        plan = [(int(x), float(y)) for x, y in rows]
+        if plan:
+            with self._lock:
+                self._plans[(n, points)] = plan
+        return plan
 
     def events_since(self, seq: int = 0) -> list[Event]:
         with self._lock:

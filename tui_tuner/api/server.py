@@ -126,9 +126,14 @@ class Api:
 
     async def series(self, request: Request) -> Response:
         n = _int(request.path_params["n"], "trial")
-        key = request.query_params.get("key", "loss")
-        pts = _int(request.query_params.get("max_points", "200"), "max_points", low=1)
-        return reply(self._call(self.sweep.series, n, key, pts))
+        key, pts = _series_args(request)
+        return reply(self._call(self.sweep.series, n, key, pts, command=False))
+
+    async def series_many(self, request: Request) -> Response:
+        """Several trials' series in one reply ({"N": points}): a chart of every trial costs one round trip."""
+        key, pts = _series_args(request)
+        numbers = [_int(x, "trials") for x in filter(None, request.query_params.get("trials", "").split(","))]
+        return reply({str(n): self._call(self.sweep.series, n, key, pts, command=False) for n in numbers})
 
     async def lr_plan(self, request: Request) -> Response:
         n = _int(request.path_params["n"], "trial")
@@ -162,14 +167,16 @@ class Api:
         return reply(system_to_wire(self._system.latest()))
 
     # -- commands --------------------------------------------------------------------------------
-    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+    def _call(self, fn: Any, *args: Any, command: bool = True, **kw: Any) -> Any:
+        """Call the sweep; its refusal is the client's one line (409). A command wakes every client after."""
         from tui_tuner.engine.sweep import SweepError
 
         try:
             out = fn(*args, **kw)
         except SweepError as e:  # also PresetError and the params' one-line errors: the user's to fix
             raise ApiRequestError(409, str(e)) from None
-        self._changed_now()
+        if command:
+            self._changed_now()
         return out
 
     async def trial_command(self, request: Request) -> Response:
@@ -223,6 +230,7 @@ class Api:
         return [
             Route(f"{p}/info", self.info), Route(f"{p}/status", self.status), Route(f"{p}/snapshot", self.snapshot),
             Route(f"{p}/events", self.events), Route(f"{p}/system", self.system),
+            Route(f"{p}/series", self.series_many),
             Route(f"{p}/trials/{{n}}/series", self.series), Route(f"{p}/trials/{{n}}/lr_plan", self.lr_plan),
             Route(f"{p}/trials/{{n}}/fork", self.fork, methods=["POST"]),
             Route(f"{p}/trials/{{n}}/{{verb}}", self.trial_command, methods=["POST"]),
@@ -230,6 +238,12 @@ class Api:
             Route(f"{p}/concurrency", self.concurrency, methods=["PUT"]),
             Route(f"{p}/stop", self.stop, methods=["POST"]),
         ]
+
+
+def _series_args(request: Request) -> tuple[str, int | None]:
+    """(metric, max points: 0 or absent from the query means 200; `all` every point kept)."""
+    raw = request.query_params.get("max_points", "200")
+    return request.query_params.get("key", "loss"), None if raw == "all" else _int(raw, "max_points", low=1)
 
 
 def _known_versions(text: str) -> dict[int, int]:
@@ -323,6 +337,20 @@ def make_app(api: Api) -> Starlette:
     return Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash})
 
 
+class ListenError(ValueError):
+    """A --listen address that cannot be used (a ValueError: the CLI prints it as one line, exit 2)."""
+
+
+def parse_listen(listen: str, any_port: bool = False) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 in brackets) -> (host, port), or ListenError naming what is wrong. Port 0 (any free
+    one) only with `any_port`: a user must know the port to forward it."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not (0 if any_port else 1) <= int(port) < 65536:
+        raise ListenError(f"--listen {listen}: want HOST:PORT with a port from 1 to 65535, e.g. 127.0.0.1:8765")
+    return host, int(port)
+
+
 class ApiServer:
     """Serves one sweep until `close()`. The caller holds the run-dir lock, so a control.sock already there is
     a dead engine's and is replaced."""
@@ -344,7 +372,12 @@ class ApiServer:
     def start(self, timeout: float = 10.0) -> ApiServer:
         socks = [(self._bind_unix(), make_app(self.api))]
         if self.listen:
-            tcp = self._bind_tcp(self.listen)
+            try:
+                tcp = self._bind_tcp(self.listen)
+            except BaseException:
+                socks[0][0].close()
+                self.close()  # the Unix socket and its link go too: nothing serves this run
+                raise
             self.tcp_address = tcp.getsockname()[:2]
             socks.append((tcp, TokenGuard(make_app(self.api), self.token or "")))
         self._log_handler = _log_to(self.run_dir / "engine.log")
@@ -391,12 +424,11 @@ class ApiServer:
 
     @staticmethod
     def _bind_tcp(listen: str) -> socket.socket:
-        host, _, port = listen.rpartition(":")
+        host, port = parse_listen(listen, any_port=True)
         try:
-            sock = socket.create_server((host or "127.0.0.1", int(port)))
-        except ValueError:
-            raise OSError(f"--listen {listen}: want HOST:PORT, e.g. 127.0.0.1:8765") from None
-        return sock
+            return socket.create_server((host, port))
+        except OSError as e:
+            raise ListenError(f"--listen {listen}: {e.strerror or e}") from None
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop serving (open long-polls answer first), remove the socket and the announcement."""

@@ -463,7 +463,9 @@ class TuiTunerApp(App[int]):
 
     def stop_by_signal(self, signum: int) -> None:
         """SIGTERM / SIGHUP, delivered on the UI loop: the first stops gracefully, a second one exits at once."""
-        if self.remote and signum == signal.SIGHUP:  # the terminal is gone, not the sweep: detach
+        if self.remote:  # a hangup (the terminal is gone) or a SIGTERM ends this client, never the sweep
+            if signum == signal.SIGTERM:
+                self.stop_signal = signum  # exit 143, as a process SIGTERM ended
             if self.is_running:
                 self.leave()
             return
@@ -564,10 +566,11 @@ def run_remote_app(remote: RemoteSweep, load: Callable[[], object] | None = None
             raise app.load_error
         run_dir = remote.run_dir
         if app.outcome == "detached" or (app.outcome is None and not app._stopping):
-            say(f"detached: the sweep goes on in the background (engine pid {remote.pid})\n"
+            how = "detached" if app.outcome == "detached" else "the app has exited"
+            say(f"{how}: the sweep goes on in the background (engine pid {remote.pid})\n"
                 f"  attach: tui-tuner attach {run_dir}\n  stop:   tui-tuner ctl {run_dir} stop\n"
                 f"  log:    {run_dir / 'engine.log'}", sys.stdout)
-            return 0
+            return app.exit_code  # 0, or 143 when a SIGTERM ended this client
         snap = remote.snapshot()
         gone = f"{remote.gone}\n" if app.outcome == "gone" else ""
         say(gone + progress_table(snap) + "\n" + summary(remote) + "\n" + where_next(remote), sys.stdout)
