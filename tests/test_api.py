@@ -83,7 +83,6 @@ def test_every_command_reaches_the_engine(served):
     (lambda r: r.set_concurrency(0), "concurrency"),
     (lambda r: r.enqueue({"learning_rate": -1}), "learning_rate"),
     (lambda r: r.enqueue({"no_such_param": 1}), "no_such_param"),
-    (lambda r: r.series(0, "bogus"), "unknown metric"),
 ])
 def test_a_refused_command_is_the_engines_one_line(served, call, message):
     sweep, remote = served
@@ -102,6 +101,8 @@ def test_a_refused_command_is_the_engines_one_line(served, call, message):
     ("POST", "/trials/0/explode", b"", 404, "unknown trial command"),
     ("POST", "/trials/0/fork", json.dumps({"step": "latest"}).encode(), 400, "step"),
     ("GET", "/events?wait=soon", b"", 400, "wait"),
+    ("GET", "/trials/0/series?key=bogus", b"", 409, "unknown metric"),
+    ("GET", "/series?key=bogus&trials=0", b"", 409, "unknown metric"),
     ("GET", "/no/such/route", b"", 404, "Not Found"),
     ("DELETE", "/stop", b"", 405, "Method Not Allowed"),
     ("POST", "/trials", b"x" * 70_000, 413, "over"),
