@@ -8,6 +8,7 @@ import contextlib
 import os
 import secrets
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,13 +109,19 @@ def start_in_background(args: argparse.Namespace) -> int:
     run_dir, preset, argv = engine_argv(args)
     refuse_if_running(run_dir)
     token = secrets.token_urlsafe(24) if args.listen else None
-    if token:
-        os.environ["TUI_TUNER_SERVE_TOKEN"] = token  # to the engine through its environment, never its argv
-    proc = spawn_engine(argv, run_dir)
-    os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        if token:
+            os.environ["TUI_TUNER_SERVE_TOKEN"] = token  # to the engine through its environment, never its argv
+        try:
+            return spawn_engine(argv, run_dir)
+        finally:
+            os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)
+
     import sys
 
     if args.detach:
+        proc = spawn()
         wait_until_serving(proc, run_dir)
         loaded = wait_loaded(proc, run_dir, DETACH_WAIT_S)
         state = "started" if loaded else f"is loading (still, after {DETACH_WAIT_S:.0f}s)"
@@ -131,13 +138,23 @@ def start_in_background(args: argparse.Namespace) -> int:
     from tui_tuner.ui.app import run_remote_app
 
     remote = RemoteSweep(run_dir, preset=preset, connect=False)
+    # The engine starts once the app has painted (load runs after the first screen): its imports would take
+    # the CPU from the app's first paint.
+    procs: list[subprocess.Popen[bytes]] = []
+    spawned = threading.Event()
 
     def died() -> str | None:
+        proc = procs[0]
         if proc.poll() is None:
             return None
         return last_error(run_dir) or f"the engine exited with code {proc.returncode}: see {run_dir / ENGINE_LOG}"
 
     def load() -> None:
+        try:
+            procs.append(spawn())
+        finally:
+            spawned.set()
+        proc = procs[0]
         wait_until_serving(proc, run_dir)
         remote.connect()
         try:
@@ -153,6 +170,7 @@ def start_in_background(args: argparse.Namespace) -> int:
     if hint:
         say(hint, sys.stderr)
     code = run_remote_app(remote, load=load)
+    spawned.wait(10)  # a hangup a moment after launch: the engine must still be started, as "detached" says
     if hint:  # the app's screen covered it: again, now that the shell is back
         say(hint, sys.stderr)
     return code

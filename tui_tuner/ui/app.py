@@ -567,7 +567,8 @@ def run_remote_app(remote: RemoteSweep, load: Callable[[], object] | None = None
         run_dir = remote.run_dir
         if app.outcome == "detached" or (app.outcome is None and not app._stopping):
             how = "detached" if app.outcome == "detached" else "the app has exited"
-            say(f"{how}: the sweep goes on in the background (engine pid {remote.pid})\n"
+            pid = f" (engine pid {remote.pid})" if remote.pid else ""
+            say(f"{how}: the sweep goes on in the background{pid}\n"
                 f"  attach: tui-tuner attach {run_dir}\n  stop:   tui-tuner ctl {run_dir} stop\n"
                 f"  log:    {run_dir / 'engine.log'}", sys.stdout)
             return app.exit_code  # 0, or 143 when a SIGTERM ended this client
