@@ -280,3 +280,15 @@ def test_the_stored_state_of_a_trial(optuna_state, attrs, expected):
     values = {"value": 1.0} if optuna_state == OptunaState.COMPLETE else {}
     t = optuna.trial.create_trial(state=optuna_state, user_attrs=attrs, **values)
     assert state_of(t) == expected
+
+
+def test_a_command_while_the_sweep_loads_says_so(fake_sweep):
+    from tui_tuner.engine.sweep import SweepError
+
+    sweep = fake_sweep()  # not started: still loading
+    for command in (sweep.pause, sweep.kill, sweep.resume_trial):
+        with pytest.raises(SweepError, match="still loading"):
+            command(0)
+    sweep.start()
+    with pytest.raises(SweepError, match="no trial 99"):
+        sweep.pause(99)

@@ -583,7 +583,9 @@ class Sweep:
     def _active(self, n: int) -> TrialRun:
         run = self.registry.get(n)
         if run is None:
-            raise SweepError(f"no trial {n} in this sweep")
+            # A client attached while the model loads sees no trials yet: say why, not "no trial 0".
+            raise SweepError("the sweep is still loading: no trial runs yet" if self._phase == "loading"
+                             else f"no trial {n} in this sweep")
         if not run.active:
             raise SweepError(f"trial {n} is {run.state}, not running or paused")
         return run
