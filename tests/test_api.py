@@ -19,7 +19,7 @@ from conftest import wait_for
 from tui_tuner.api import registry
 from tui_tuner.api.client import ApiClient, CommandError, NotRunning, RemoteSweep
 from tui_tuner.api.server import ApiServer
-from tui_tuner.api.wire import snapshot_from_wire, snapshot_to_wire
+from tui_tuner.api.wire import dumps, snapshot_bytes, snapshot_from_wire, trial_to_wire
 from tui_tuner.engine.sweep import Sweep
 
 LONG = {"max_steps": 100_000}
@@ -53,8 +53,9 @@ def test_unchanged_trials_are_sent_as_their_version_only(fake_sweep):
     sweep = fake_sweep(params={"max_steps": 5}, study={"n_trials": 3, "concurrency": 3}).start()
     assert sweep.wait(30)
     snap = sweep.snapshot()
-    full = snapshot_to_wire(snap)
-    delta = snapshot_to_wire(snap, {t.number: t.version for t in snap.trials})
+    full = json.loads(snapshot_bytes(snap, {}, lambda t: dumps(trial_to_wire(t))))
+    delta = json.loads(snapshot_bytes(snap, {t.number: t.version for t in snap.trials},
+                                      lambda t: dumps(trial_to_wire(t))))
     assert all(t.get("same") for t in delta["trials"]) and len(json.dumps(delta)) < len(json.dumps(full)) / 2
     cache: dict[int, Any] = {}
     assert snapshot_from_wire(full, cache) == snap

@@ -145,7 +145,6 @@ class RemoteSweep:
                                "use the same tui-tuner version for both")
         from tui_tuner.preset import Preset
 
-        self.info = info
         self.preset = Preset.model_validate(info["preset"])
         if self.client.run_dir is None:
             self.run_dir = Path(info["run_dir"])

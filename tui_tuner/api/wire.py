@@ -49,19 +49,12 @@ def same_trial(t: TrialSnapshot) -> dict[str, Any]:
     return {"number": t.number, "version": t.version, "same": True}
 
 
-def snapshot_to_wire(snap: SweepSnapshot, known: dict[int, int] | None = None) -> dict[str, Any]:
-    """The snapshot; a trial whose version the client already holds (`known`: number -> version) is sent as
-    {"number", "version", "same": true}: a long sweep's finished trials stop costing bytes."""
-    known = known or {}
-    out = snapshot_head(snap)
-    out["trials"] = [same_trial(t) if known.get(t.number) == t.version else trial_to_wire(t) for t in snap.trials]
-    return out
-
-
 def snapshot_bytes(snap: SweepSnapshot, known: dict[int, int], encoded: Callable[[TrialSnapshot], bytes],
                    **extra: Any) -> bytes:
-    """snapshot_to_wire's JSON, assembled from each trial's already-encoded bytes (`encoded`, cached by the
-    server per version): a trial is serialised once per change, not once per client per refresh."""
+    """The snapshot's JSON; a trial whose version the client already holds (`known`: number -> version) is
+    sent as {"number", "version", "same": true}, so a long sweep's finished trials stop costing bytes. Built from
+    each trial's already-encoded bytes (`encoded`, cached by the server per version): a trial is serialised once
+    per change, not once per client per refresh."""
     head = dumps({**snapshot_head(snap), **extra})
     trials = b",".join(dumps(same_trial(t)) if known.get(t.number) == t.version else encoded(t)
                        for t in snap.trials)
