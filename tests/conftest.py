@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -70,9 +71,10 @@ def fake_sweep(tmp_path: Path) -> Iterator[Callable[..., Any]]:
 
     made: list[Any] = []
 
-    def factory(run_dir: Path | None = None, backend: FakeBackend | None = None, **sections):  # type: ignore[no-untyped-def]
+    def factory(run_dir: Path | None = None, backend: FakeBackend | None = None, storage: str | None = None,
+                **sections):  # type: ignore[no-untyped-def]
         sweep = Sweep(Preset.from_dict(tiny_preset_dict(**sections)), run_dir or tmp_path / "run",
-                      backend=backend or FakeBackend())
+                      backend=backend or FakeBackend(), storage=storage)
         made.append(sweep)
         return sweep
 
@@ -109,3 +111,25 @@ def serve() -> Iterator[Callable[..., Any]]:
     for server, remote in made:
         remote.close()
         server.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """A real PostgreSQL server for the session. Where none can be started the tests that need it skip, saying
+    why; CI sets TUI_TUNER_REQUIRE_PG=1, and there they fail instead."""
+    from tests.pg_server import PgServer, PgUnavailable
+
+    try:
+        server = PgServer().start()
+    except (PgUnavailable, OSError, subprocess.TimeoutExpired) as e:
+        if os.environ.get("TUI_TUNER_REQUIRE_PG"):
+            pytest.fail(f"TUI_TUNER_REQUIRE_PG is set but PostgreSQL cannot start: {e}")
+        pytest.skip(f"PostgreSQL cannot start here: {e}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: Any) -> str:
+    """A fresh, empty database on the session's server."""
+    return pg_server.create_db()

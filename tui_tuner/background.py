@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import secrets
 import subprocess
 import threading
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tui_tuner.daemon import ENGINE_LOG, last_error, spawn_engine, wait_until_serving
+from tui_tuner.daemon import ENGINE_LOG, STORAGE_ENV, TOKEN_ENV, last_error, spawn_engine, wait_until_serving
 
 if TYPE_CHECKING:
     from tui_tuner.preset import Preset
@@ -59,9 +58,9 @@ def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
     if RunDir(run_dir).meta.exists():
         raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
     sets = [f"--set={o}" for o in args.overrides]
-    storage = [f"--storage={args.storage}"] if args.storage else []
+    # --storage goes to the engine through STORAGE_ENV (see start_in_background), never its argv
     join = ["--join"] if getattr(args, "join", False) else []
-    return run_dir, preset, ["run", str(path.absolute()), f"--run-dir={run_dir}", *sets, *storage, *join, *tail]
+    return run_dir, preset, ["run", str(path.absolute()), f"--run-dir={run_dir}", *sets, *join, *tail]
 
 
 DETACH_WAIT_S = 5.0  # --detach waits this long for the model to load, to report a quick failure as one line
@@ -110,13 +109,11 @@ def start_in_background(args: argparse.Namespace) -> int:
     refuse_if_running(run_dir)
     token = secrets.token_urlsafe(24) if args.listen else None
 
+    # Secrets reach the engine through its environment, never its argv: `ps` shows argv to every user.
+    secret = {k: v for k, v in ((TOKEN_ENV, token), (STORAGE_ENV, getattr(args, "storage", None))) if v}
+
     def spawn() -> subprocess.Popen[bytes]:
-        if token:
-            os.environ["TUI_TUNER_SERVE_TOKEN"] = token  # to the engine through its environment, never its argv
-        try:
-            return spawn_engine(argv, run_dir)
-        finally:
-            os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)
+        return spawn_engine(argv, run_dir, secret)
 
     import sys
 

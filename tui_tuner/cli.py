@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tui_tuner.daemon import STORAGE_ENV, TOKEN_ENV
 from tui_tuner.exit_codes import EXIT_BAD_INPUT
 from tui_tuner.signals import StopSignal, exit_code, raise_on_stop_signals
 
@@ -29,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("preset", help="path to a .toml preset or the name of one in presets/")
     run.add_argument("--headless", action="store_true", help="plain text output instead of the TUI")
     run.add_argument("--run-dir", help="where the study, events, metrics and checkpoints go (default runs/<name>)")
-    run.add_argument("--storage", help="Optuna storage URL (default: <run-dir>/optuna.journal)")
+    run.add_argument("--storage", default=os.environ.get(STORAGE_ENV) or None,
+                     help="Optuna storage URL, e.g. postgresql://user:password@host/db to share the study between "
+                          f"boxes (default: ${STORAGE_ENV}, else <run-dir>/optuna.journal)")
     run.add_argument("--n-trials", type=int, help="override study.n_trials")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a preset field, e.g. --set params.learning_rate=3e-4 (repeatable)")
@@ -131,7 +134,7 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
 
     sweep.claim()  # the run-dir lock first: it alone decides which engine serves the run
     try:
-        server = ApiServer(sweep, listen=args.listen, token=os.environ.pop("TUI_TUNER_SERVE_TOKEN", None)).start()
+        server = ApiServer(sweep, listen=args.listen, token=os.environ.pop(TOKEN_ENV, None)).start()
         try:
             if args.listen and not args.as_engine:
                 print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)

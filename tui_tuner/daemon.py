@@ -16,16 +16,21 @@ class EngineFailed(ValueError):
     """The background engine exited before it answered (a ValueError: the CLI prints it in one line)."""
 
 
-def spawn_engine(argv: list[str], run_dir: Path) -> subprocess.Popen[bytes]:
+TOKEN_ENV = "TUI_TUNER_SERVE_TOKEN"  # the --listen token, read (and removed) once by the engine
+STORAGE_ENV = "TUI_TUNER_STORAGE"  # a --storage URL: the flag's default, so the engine gets it without argv
+
+
+def spawn_engine(argv: list[str], run_dir: Path, secret_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `tui-tuner <argv> --headless --as-engine` detached from this terminal: a new session (a hangup or
-    Ctrl-C here never reaches it), stdin from /dev/null, stdout and stderr appended to engine.log."""
+    Ctrl-C here never reaches it), stdin from /dev/null, stdout and stderr appended to engine.log. `secret_env`
+    (the --listen token, a --storage URL with its password) goes to its environment only."""
     run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / ENGINE_LOG, "ab")  # noqa: SIM115 - handed to the child, closed here once it has it
     try:
         log.write(f"\n-- {time.strftime('%Y-%m-%d %H:%M:%S')} engine starting: tui-tuner {' '.join(argv)}\n"
                   .encode())
         log.flush()
-        env = {**os.environ, "TUI_TUNER_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **(secret_env or {}), "TUI_TUNER_HEADLESS": "1", "PYTHONUNBUFFERED": "1"}
         return subprocess.Popen([sys.executable, "-m", "tui_tuner.cli", *argv, "--headless", "--as-engine"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)

@@ -34,6 +34,7 @@ from tui_tuner.api.wire import (
     trial_to_wire,
 )
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.storage_url import shown
 
 if TYPE_CHECKING:
     from tui_tuner.engine.snapshot import TrialSnapshot
@@ -109,7 +110,8 @@ class Api:
     async def info(self, _request: Request) -> Response:
         s = self.sweep
         return reply({"api": API_VERSION, "pid": os.getpid(), "run_dir": str(s.run_dir.absolute()),
-                      "preset": s.preset.model_dump(mode="json"), "started_at": self.started_at})
+                      "preset": s.preset.model_dump(mode="json"), "started_at": self.started_at,
+                      "storage": shown(s.storage_url) if s.storage_url else None})
 
     async def status(self, _request: Request) -> Response:
         snap = self.sweep.snapshot()

@@ -94,7 +94,10 @@ class RunDir:
         return self.meta.is_file() and self.preset.is_file()
 
     def write_meta(self, storage: str | None) -> None:
-        self.meta.write_text(json.dumps({"storage": storage, "created": time.time()}))
+        """Owner-only: a --storage URL may hold the database password (`resume` needs it; ~/.pgpass avoids it)."""
+        fd = os.open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"storage": storage, "created": time.time()}, f)
 
     def read_meta(self) -> dict[str, Any]:
         if not self.is_run():

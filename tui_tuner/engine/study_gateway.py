@@ -43,6 +43,7 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.engine.lifecycle import TrialState
+from tui_tuner.engine.storage_url import shown
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, sample_params, trial_params
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
@@ -142,7 +143,7 @@ class StudyGateway:
     def connect(self) -> None:
         """Open the storage only (a bad --storage URL fails here, before the run dir is written)."""
         if self._url:
-            self._storage = make_storage(self._journal.parent, self._url)
+            self._storage = make_storage(self._journal.parent, self._url, self.preset.study.concurrency)
 
     def clear_stale_journal_lock(self) -> bool:
         """Remove the journal's lock file a killed process left (JournalFileBackend retries on it for ~30 s).
@@ -160,7 +161,7 @@ class StudyGateway:
     @property
     def where(self) -> str:
         """The storage, as the user named it (the --storage URL, or the run dir's journal path)."""
-        return f"--storage {self._url}" if self._url else str(self._journal)
+        return f"--storage {shown(self._url)}" if self._url else str(self._journal)
 
     def existing_trials(self) -> int | None:
         """How many trials the storage already holds in a study of this sweep's name; None when it holds no

@@ -43,9 +43,10 @@ from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.storage_url import connect_problem
 from tui_tuner.engine.study_gateway import StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
-from tui_tuner.format import error_line, first_line
+from tui_tuner.format import error_line
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, list_checkpoints
@@ -109,7 +110,7 @@ class Sweep:
         try:
             self.gateway.connect()  # a bad --storage fails here, before anything is written
         except Exception as e:  # SQLAlchemy raises many types; the user needs the one line
-            raise SweepError(f"--storage {self.storage_url}: {first_line(e)}") from None
+            raise SweepError(f"{self.gateway.where}: {connect_problem(e, self.storage_url or '')}") from None
         self.claim()
         # From here on trial threads may run: stop them before the interpreter exits (a torch thread alive at
         # exit aborts the process), and on a failed start.
