@@ -221,15 +221,15 @@ def test_reads_do_not_wait_on_a_slow_ask_and_a_starting_trial_is_always_visible(
     sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
     wait_for(lambda: sweep.trials() and sweep.trials()[0].step >= 1, what="trial 0")
     asking, release = threading.Event(), threading.Event()
-    real_ask = sweep.study.ask
+    real_pop = sweep.gateway._pop_own_waiting  # inside the ask, under the gateway's lock
 
-    def slow_ask(*args, **kwargs):
-        trial = real_ask(*args, **kwargs)
+    def slow_pop():
+        trial_id = real_pop()
         asking.set()
         release.wait(30)  # the ask "takes" until the reads below are done
-        return trial
+        return trial_id
 
-    sweep.study.ask = slow_ask
+    sweep.gateway._pop_own_waiting = slow_pop
     n = sweep.enqueue({"learning_rate": 0.002})
     sweep.kill(0)
     assert asking.wait(30), "the scheduler never asked"

@@ -121,8 +121,8 @@ def test_a_trial_asked_while_stop_times_out_is_never_launched(fake_sweep, monkey
     asking, go_on = threading.Event(), threading.Event()
     real_ask = sweep.gateway.ask
 
-    def slow_ask():  # type: ignore[no-untyped-def]
-        got = real_ask()
+    def slow_ask(budget):  # type: ignore[no-untyped-def]
+        got = real_ask(budget)
         asking.set()
         go_on.wait(10)  # a slow sampler: stop()'s join of the scheduler times out meanwhile
         return got

@@ -174,11 +174,13 @@ def test_a_new_sweep_refuses_a_run_dir_that_holds_another_runs_journal(tmp_path)
     assert not (run_dir / "sweep.json").exists()  # refused before anything was written
     from tui_tuner.engine.sweep import Sweep
 
-    preset = Preset.from_dict(tiny_preset_dict(params={"max_steps": 30}, study={"n_trials": 1}))
+    # n_trials is the study's budget, whoever spent it: joining with 3 adds the one trial left of it
+    preset = Preset.from_dict(tiny_preset_dict(params={"max_steps": 30}, study={"n_trials": 3}))
     joined = Sweep(preset, run_dir, backend=FakeBackend(), join=True).start()
     try:
         assert joined.wait(30)
         assert len(joined.study.trials) == 3
+        assert [t.number for t in joined.trials()] == [2]  # its own trial; the first run's are not its to run
     finally:
         joined.stop()
 
@@ -193,9 +195,10 @@ def test_two_new_sweeps_on_one_storage_url_do_not_mix_their_trials(tmp_path):
     first.stop()
     with pytest.raises(SweepError, match=r"--storage sqlite:///.*shared.db already holds a study 'test' \(1 trial"):
         Sweep(preset, tmp_path / "b", storage=url, backend=FakeBackend()).start()
-    both = Sweep(preset, tmp_path / "b", storage=url, backend=FakeBackend(), join=True).start()
+    more = Preset.from_dict(tiny_preset_dict(params={"max_steps": 20}, study={"n_trials": 2}))
+    both = Sweep(more, tmp_path / "b", storage=url, backend=FakeBackend(), join=True).start()
     try:
-        assert both.wait(30) and len(both.study.trials) == 2
+        assert both.wait(30) and len(both.study.trials) == 2  # the study's budget of 2, one spent by the first
     finally:
         both.stop()
 

@@ -37,8 +37,16 @@ def engine_argv(args: argparse.Namespace) -> tuple[Path, Preset, list[str]]:
 
         parse_listen(args.listen)  # a bad address is the user's one line here, not an engine that died
     tail = [f"--listen={args.listen}"] if args.listen else []
-    if args.n_trials is not None:
+    if getattr(args, "n_trials", None) is not None:
         tail += ["--n-trials", str(args.n_trials)]
+    if args.cmd == "worker":
+        from tui_tuner.worker import open_worker, run_dir_of
+
+        run_dir = run_dir_of(args)
+        preset = open_worker(args).preset  # its one-line errors here; the engine opens it again
+        if args.concurrency is not None:
+            tail += ["--concurrency", str(args.concurrency)]
+        return run_dir, preset, ["worker", "--study", args.study, f"--run-dir={run_dir}", *tail]
     if args.cmd == "resume":
         run_dir = Path(args.run_dir)
         layout = RunDir(run_dir)

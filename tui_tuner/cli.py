@@ -54,8 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", help="directory for best_params.json and trials.csv (default: the run dir)")
 
     from tui_tuner.ctl import add_parsers
+    from tui_tuner.worker import add_parser as add_worker
 
     add_parsers(sub)
+    _engine_options(add_worker(sub, os.environ.get(STORAGE_ENV) or None))
 
     pre = sub.add_parser("presets", help="list bundled presets, or `presets show NAME`")
     pre.add_argument("action", nargs="?", choices=["list", "show"], default="list")
@@ -154,6 +156,10 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
 
     if args.cmd == "resume":
         return Sweep.open(args.run_dir, n_trials=args.n_trials, resume_paused=args.resume_paused)
+    if args.cmd == "worker":
+        from tui_tuner.worker import open_worker
+
+        return open_worker(args)
     path = resolve_preset_path(args.preset)
     preset = Preset.load(path, args.overrides)
     if args.n_trials is not None:

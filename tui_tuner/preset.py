@@ -146,6 +146,8 @@ class StudySection(_Strict):
     paused_frees_slot: bool = False
     prune_user_trials: bool = Field(False, description="let the pruner stop trials you enqueued or forked")
     retry_oom: bool = Field(True, description="re-queue a CUDA-OOM trial with half the micro-batch, 2x accumulation")
+    stale_after: float = Field(60.0, ge=3, description="a shared --storage: seconds without a heartbeat after which "
+                               "another worker's running trials are marked interrupted")
 
 
 class CheckpointSection(_Strict):

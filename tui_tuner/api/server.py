@@ -404,6 +404,8 @@ class ApiServer:
         if not ready.wait(timeout) or not all(s.started for s in self._servers):
             raise OSError(f"{self.socket_path}: the control API did not start")
         self._entry = registry.register(os.getpid(), self.run_dir, self.socket_path, self.tcp_url)
+        # What a worker of a shared study advertises in it, so the others route commands for its trials here
+        self.sweep.advertise.update(socket=str(self.socket_path), listen=self.tcp_url, token=self.token)
         return self
 
     @property

@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.run_dir import RunDir, stage_copy
-from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, ELAPSED_ATTR, StudyGateway, by_user, state_of
+from tui_tuner.engine.study_gateway import (
+    ELAPSED_ATTR,
+    StudyGateway,
+    by_user,
+    counts_against_budget,
+    state_of,
+)
 from tui_tuner.engine.trial import TrialRun
 from tui_tuner.params import TrialParams, first_error
 from tui_tuner.preset import Preset
@@ -43,18 +49,15 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
     kills = _kills_not_told(events)
     notes: list[Note] = []
     _repair_waiting_forks(gateway, layout, notes)  # before the records: a cancelled fork is read back as such
-    trials = gateway.trials()
+    every = gateway.trials()
+    trials = [t for t in every if gateway.mine(t)]  # another worker's trials are its own to resume
     continued = {t.user_attrs.get("continues") for t in trials}
-    out = Reloaded(concurrency=gateway.study_attr(CONCURRENCY_ATTR) or _last_concurrency(events), notes=notes,
+    out = Reloaded(concurrency=gateway.study_attr(gateway.concurrency_attr) or _last_concurrency(events), notes=notes,
                    elapsed=float(gateway.study_attr(ELAPSED_ATTR) or 0.0))
+    out.sampled = sum(counts_against_budget(t) for t in every)  # the study's budget is every worker's
     by_number: dict[int, TrialRun] = {}
     for t in trials:
         a = t.user_attrs
-        # A 0.1.0 trial stopped before it started is queued again (below) and counts then; one the sampler
-        # failed to create (no origin: its ask never finished; ask_failed) never counted.
-        if a.get("origin") == "sampler" and t.state != OptunaState.WAITING \
-                and not a.get("interrupted_before_start") and not a.get("ask_failed"):
-            out.sampled += 1
         run = record_of(t, layout, preset)
         by_number[t.number] = run
         out.runs.append(run)
@@ -234,7 +237,7 @@ def _repair_waiting_forks(gateway: StudyGateway, layout: RunDir, notes: list[Not
     """A crash between a fork's enqueue and the rename of its checkpoint copy leaves a queued fork without its
     starting point: copy it again from the parent's checkpoint, or cancel the fork saying why (running it would
     raise FileNotFoundError, or worse, start it from step 0)."""
-    for t in gateway.trials():
+    for t in gateway.own_trials():
         a = t.user_attrs
         if t.state != OptunaState.WAITING or a.get("origin") != "fork" or not isinstance(a.get("fork_step"), int):
             continue

@@ -93,11 +93,12 @@ class RunDir:
     def is_run(self) -> bool:
         return self.meta.is_file() and self.preset.is_file()
 
-    def write_meta(self, storage: str | None) -> None:
-        """Owner-only: a --storage URL may hold the database password (`resume` needs it; ~/.pgpass avoids it)."""
+    def write_meta(self, storage: str | None, worker: str) -> None:
+        """Owner-only: a --storage URL may hold the database password (`resume` needs it; ~/.pgpass avoids it).
+        `worker`: this run's id in its study, kept so a restarted worker resumes its own trials."""
         fd = os.open(self.meta, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"storage": storage, "created": time.time()}, f)
+            json.dump({"storage": storage, "created": time.time(), "worker": worker}, f)
 
     def read_meta(self) -> dict[str, Any]:
         if not self.is_run():

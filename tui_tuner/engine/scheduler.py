@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
-from tui_tuner.engine.study_gateway import CONCURRENCY_ATTR, ELAPSED_ATTR, StorageError, StudyGateway
+from tui_tuner.engine.study_gateway import ELAPSED_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
@@ -150,7 +150,7 @@ class Scheduler:
         h = self.host
         if c.kind == "concurrency" and c.value is not None:
             self.concurrency = c.value
-            h.gateway.set_study_attr(CONCURRENCY_ATTR, c.value)
+            h.gateway.set_study_attr(h.gateway.concurrency_attr, c.value)
             h.emit("concurrency", None, f"concurrency set to {c.value}", concurrency=c.value)
         elif c.kind == "resume" and c.trial is not None:
             self._resume(c.trial, c.value)
@@ -231,8 +231,8 @@ class Scheduler:
                 continue
             if room and self._can_start_more():
                 self.mark_finished(False)
-                self._start_next()
-                continue
+                if self._start_next():
+                    continue
             return
 
     def _check_finished(self) -> None:
@@ -246,10 +246,16 @@ class Scheduler:
         why = f"halted: {self.halted}" if self.halted else "budget spent"
         self.host.emit("sweep_finished", None, f"sweep finished: {why}")
 
-    def _start_next(self) -> None:
-        """Ask Optuna (enqueued WAITING trials come first) and launch the trial."""
+    def _start_next(self) -> bool:
+        """Ask Optuna (enqueued WAITING trials come first) and launch the trial; False when there was none (the
+        study's budget is spent: other workers on it may have spent it)."""
         h = self.host
-        trial, attrs = h.gateway.ask()
+        asked = h.gateway.ask(h.preset.study.n_trials)
+        self.sampled = max(self.sampled, h.gateway.sampled)
+        if asked is None:
+            self.sampled = max(self.sampled, h.preset.study.n_trials)
+            return False
+        trial, attrs = asked
         # Any other error of suggest is the sampler's: it reaches _loop, whose halt fails this trial.
         invalid: ValidationError | None = None
         try:
@@ -260,8 +266,9 @@ class Scheduler:
             self.sampled += 1  # after suggest: a trial the sampler failed to create is not from the budget
         if invalid is not None:
             self._fail_invalid(trial, attrs, invalid)
-            return
+            return True
         self._launch(h.prepare_asked(trial, attrs, params))
+        return True
 
     def elapsed(self) -> float:
         """Seconds the study has run, over every session of the run (what study.timeout limits)."""

@@ -5,6 +5,7 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | attr | set when | meaning |
 |---|---|---|
 | origin | asked | "sampler", "enqueue" or "fork" |
+| worker | asked / enqueued | the engine (worker) that runs it: only it pops the trial from the queue or resumes it |
 | by_user | enqueued / forked | the user asked for it: exempt from pruning unless study.prune_user_trials |
 | parent_trial, fork_step, fork_checkpoint | forked | lineage; the checkpoint path is relative to the run dir |
 | overrides | enqueued / forked | fixed (non-searched) params changed for this trial only |
@@ -20,13 +21,17 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | paused | paused / resumed | True while paused: a resume brings it back paused |
 | continues, interrupted_before_start | (0.1.0 only) | a stop told PRUNED then; resume continued it as a fork |
 
-Study user attrs: `concurrency` (the live value, restored by resume); `elapsed_s` (seconds the study has run
-over all its sessions, kept when study.timeout is set: a resume counts the timeout on from there).
+Study user attrs: `concurrency` (the live value, restored by resume; `concurrency:<worker>` for a worker of a
+shared study: concurrency is per worker); `elapsed_s` (seconds the study has run over all its sessions, kept
+when study.timeout is set: a resume counts the timeout on from there); `preset` (the resolved preset as TOML,
+written by the run that created the study: `tui-tuner worker` runs the same search space and fixed params);
+`worker:<id>` (a worker's host, pid, API addresses and heartbeat: engine/workers.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -52,7 +57,17 @@ from tui_tuner.preset import Preset
 log = logging.getLogger(__name__)
 
 CONCURRENCY_ATTR = "concurrency"
+WORKER_ATTR = "worker"
+PRESET_ATTR = "preset"
 ELAPSED_ATTR = "elapsed_s"
+
+
+def counts_against_budget(t: FrozenTrial) -> bool:
+    """A sampler trial spent from study.n_trials: not one still queued, not one the sampler failed to create
+    (ask_failed), not a 0.1.0 trial stopped before it started (it is queued again and counts then)."""
+    a = t.user_attrs
+    return (a.get("origin") == "sampler" and t.state != OptunaState.WAITING
+            and not a.get("interrupted_before_start") and not a.get("ask_failed"))
 
 
 def state_of(t: FrozenTrial) -> TrialState:
@@ -131,8 +146,10 @@ class StudyGateway:
     not thread-safe, and a sampler's ask must see the tells before it. Lock order: this lock, then the registry
     lock; never the other way round."""
 
-    def __init__(self, preset: Preset, journal: Path, storage_url: str | None):
+    def __init__(self, preset: Preset, journal: Path, storage_url: str | None, worker_id: str = ""):
         self.preset = preset
+        self.worker_id = worker_id  # this engine's id in the study (trials it runs carry it: WORKER_ATTR)
+        self.sampled = 0  # sampler trials the study had spent (every worker's) at the last ask
         self.lock = threading.RLock()
         self._journal = journal
         self._url = storage_url
@@ -194,6 +211,13 @@ class StudyGateway:
         with self.lock:
             return self.study.get_trials(deepcopy=False)
 
+    def own_trials(self) -> list[FrozenTrial]:
+        return [t for t in self.trials() if self.mine(t)]
+
+    @property
+    def concurrency_attr(self) -> str:
+        return f"{CONCURRENCY_ATTR}:{self.worker_id}" if self.worker_id else CONCURRENCY_ATTR
+
     def study_attr(self, key: str) -> Any:
         with self.lock:
             return self.study.user_attrs.get(key)
@@ -208,16 +232,70 @@ class StudyGateway:
                 self._asking = asking  # before_trial marked it as being asked: it is not
 
     # -- the scheduler's calls -----------------------------------------------------------------
-    def ask(self) -> tuple[optuna.Trial, dict[str, Any]]:
-        """The next trial: an enqueued WAITING one first, else a sampler proposal; with its user attrs."""
-        with self.lock, self._storage_call("ask"):
+    def ask(self, budget: int) -> tuple[optuna.Trial, dict[str, Any]] | None:
+        """The next trial: one of this worker's enqueued WAITING trials first, else a sampler proposal while the
+        study has spent fewer than `budget` sampler trials (over every worker); None when the budget is spent.
+        With user attrs. Not `study.ask`: that would pop another worker's queued fork, whose checkpoint is on
+        another box."""
+        with self.lock, self._storage_call("ask"), self._study_wide():
             self._asking = None  # set by the sampler's before_trial hook once the trial exists
-            trial = self.study.ask()
+            study = self.study
+            study._thread_local.cached_all_trials = None  # samplers' per-thread trial cache: sync it (as ask does)
+            trial_id = self._pop_own_waiting()
+            if trial_id is None:
+                trials = self.storage.get_all_trials(study._study_id, deepcopy=False)
+                self.sampled = sum(counts_against_budget(t) for t in trials)
+                if self.sampled >= budget:
+                    return None
+                trial_id = self.storage.create_new_trial(study._study_id)
+            trial = optuna.Trial(study, trial_id)
             attrs = dict(trial.user_attrs)
-            if "origin" not in attrs:
-                attrs["origin"] = "sampler"
-                trial.set_user_attr("origin", "sampler")
+            for key, value in (("origin", "sampler"), (WORKER_ATTR, self.worker_id)):
+                if key not in attrs:  # inside the study-wide lock: the next worker's count sees this trial
+                    attrs[key] = value
+                    trial.set_user_attr(key, value)
             return trial, attrs  # still being asked until `suggest` has its params
+
+    def _pop_own_waiting(self) -> int | None:
+        """Claim this worker's oldest WAITING trial (as Optuna's _pop_waiting_trial_id does, for ours only)."""
+        for t in self.storage.get_all_trials(self.study._study_id, deepcopy=False, states=(OptunaState.WAITING,)):
+            if not self.mine(t):
+                continue
+            try:
+                if self.storage.set_trial_state_values(t._trial_id, state=OptunaState.RUNNING):
+                    return t._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    def _rdb_engine(self) -> Any:
+        """The SQLAlchemy engine of an RDB storage, else None."""
+        backend = getattr(self.storage, "_backend", self.storage)  # optuna wraps an RDBStorage in a cache
+        return getattr(backend, "engine", None)
+
+    def mine(self, t: FrozenTrial) -> bool:
+        """The trial is this worker's to run (trials from before workers existed carry no worker: the run's)."""
+        return t.user_attrs.get(WORKER_ATTR) in (None, self.worker_id)
+
+    @contextlib.contextmanager
+    def _study_wide(self) -> Iterator[None]:
+        """Count-then-create of an ask as one step across every process on the study: a PostgreSQL advisory lock
+        (released by the server if this process dies). Other storages have a single writer (the run-dir lock)."""
+        engine = self._rdb_engine()
+        if engine is None or engine.dialect.name != "postgresql":
+            yield
+            return
+        from sqlalchemy import text
+
+        key = int.from_bytes(hashlib.blake2b(self.preset.study_name.encode(), digest_size=8).digest(), "big",
+                             signed=True)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                conn.commit()
 
     def suggest(self, trial: optuna.Trial, overrides: dict[str, Any]) -> TrialParams:
         """The asked trial's params. A sampler error raises with the trial still marked as being asked, so the
@@ -231,6 +309,7 @@ class StudyGateway:
         """Add a WAITING trial; the caller holds `lock` around this and whatever must happen before an ask can
         pop it (its checkpoint moved in place, its record registered)."""
         with self.lock:
+            attrs = {WORKER_ATTR: self.worker_id, **attrs}
             self.study.enqueue_trial(searched, user_attrs=attrs, skip_if_exists=False)
             return self.study.get_trials(deepcopy=False, states=(OptunaState.WAITING,))[-1]
 
@@ -261,6 +340,35 @@ class StudyGateway:
         except Exception as e:  # the storage itself is broken: the halt still has to happen
             log.warning("could not mark trial %s failed after: %s (%s)", number, msg, error_line(e))
         return number
+
+    def study_attrs(self) -> dict[str, Any]:
+        with self.lock, self._storage_call("get_study_user_attrs"):
+            return self.storage.get_study_user_attrs(self.study._study_id)
+
+    def now(self) -> float:
+        """The database server's clock (boxes' clocks differ; heartbeats compare across boxes); this box's for
+        a journal or SQLite."""
+        engine = self._rdb_engine()
+        if engine is None or engine.dialect.name != "postgresql":
+            return time.time()
+        from sqlalchemy import text
+
+        with self._storage_call("read the clock"), engine.connect() as conn:
+            return float(conn.execute(text("SELECT extract(epoch from clock_timestamp())")).scalar_one())
+
+    def set_trial_attr_by_id(self, trial_id: int, key: str, value: Any) -> None:
+        """On a trial this process holds no Trial object for (another worker's)."""
+        with self.lock, self._storage_call("set_trial_user_attr"):
+            self.storage.set_trial_user_attr(trial_id, key, value)
+
+    def fail_lost(self, t: FrozenTrial, why: str) -> bool:
+        """Tell FAIL another worker's trial that cannot be continued; False if it finished meanwhile."""
+        with self.lock, self._storage_call("fail a lost trial"):
+            try:
+                self.storage.set_trial_user_attr(t._trial_id, "error", why)
+                return self.storage.set_trial_state_values(t._trial_id, OptunaState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return False
 
     def set_study_attr(self, key: str, value: Any) -> None:
         with self.lock, self._storage_call("set_study_user_attr"):

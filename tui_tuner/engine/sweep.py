@@ -44,8 +44,9 @@ from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.storage_url import connect_problem
-from tui_tuner.engine.study_gateway import StorageError, StudyGateway, by_user
+from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
+from tui_tuner.engine.workers import WorkerBeat, new_worker_id
 from tui_tuner.format import error_line
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
@@ -60,9 +61,12 @@ class Sweep:
 
     def __init__(self, preset: Preset, run_dir: str | Path, storage: str | None = None,
                  n_trials: int | None = None, _resuming: bool = False, backend: Backend | None = None,
-                 resume_paused: bool = False, join: bool = False):
-        if n_trials is not None:
-            preset = preset.model_copy(update={"study": preset.study.model_copy(update={"n_trials": n_trials})})
+                 resume_paused: bool = False, join: bool = False, worker: str | None = None,
+                 concurrency: int | None = None):
+        for key, value in (("n_trials", n_trials), ("concurrency", concurrency)):
+            if value is not None:
+                preset = preset.model_copy(update={"study": preset.study.model_copy(update={key: value})})
+        self._concurrency_given = concurrency is not None  # over the value a resume would restore
         self.preset = preset
         self.run_dir = Path(run_dir)
         self.layout = RunDir(self.run_dir)
@@ -72,7 +76,9 @@ class Sweep:
         self._resume_paused = resume_paused  # a reopened run's paused trials continue running (headless, scripts)
         self.join = join  # a new sweep may add to a study its storage already holds (else SweepError)
         self.registry = TrialRegistry()
-        self.gateway = StudyGateway(preset, self.layout.journal, storage)
+        # This engine's id in the study: new for a new run, the run's own on resume ("" for runs made before ids)
+        self.worker_id = new_worker_id() if worker is None else worker
+        self.gateway = StudyGateway(preset, self.layout.journal, storage, self.worker_id)
         self.scheduler = Scheduler(self, preset.study.concurrency)
         self.events = EventLog(self.layout.events, previous=_resuming)
         self.lifecycle = Lifecycle(self.registry.lock, self.events.emit, self.scheduler.wake)
@@ -82,11 +88,15 @@ class Sweep:
         self._phase_lock = threading.Lock()  # guards _phase and _stopping together (a stop during start())
         self._lock: RunDirLock | None = None
         self.n_train = 0  # training examples, known once start() has loaded the data
+        # On a shared --storage: this worker's heartbeat, and the API addresses it advertises to the others
+        # (set by the API server before start()).
+        self.advertise: dict[str, str | None] = {}
+        self.heartbeat: WorkerBeat | None = None
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
     def open(cls, run_dir: str | Path, n_trials: int | None = None, backend: Backend | None = None,
-             resume_paused: bool = False) -> Sweep:
+             resume_paused: bool = False, concurrency: int | None = None) -> Sweep:
         """Reopen a run directory after a crash or a stop; `start()` then continues it (trials paused then come
         back paused, unless `resume_paused`)."""
         layout = RunDir(Path(run_dir))
@@ -96,7 +106,7 @@ class Sweep:
             raise SweepError(str(e)) from None
         preset = Preset.load(layout.preset)
         return cls(preset, run_dir, storage=meta.get("storage"), n_trials=n_trials, _resuming=True, backend=backend,
-                   resume_paused=resume_paused)
+                   resume_paused=resume_paused, worker=meta.get("worker", ""), concurrency=concurrency)
 
     def start(self) -> Sweep:
         """Load data and open the study, then return; trials run in background threads."""
@@ -156,9 +166,11 @@ class Sweep:
         self.layout.trials.mkdir(exist_ok=True)
         if not self._resuming:
             self.layout.preset.write_text(p.to_toml())
-            self.layout.write_meta(self.storage_url)
+            self.layout.write_meta(self.storage_url, self.worker_id)
         self.events.open()
         self.gateway.open(max_resource=self.backend.total_steps(p.params))
+        if self.gateway.study_attr(PRESET_ATTR) is None:  # the study's creator: what every worker will run
+            self.gateway.set_study_attr(PRESET_ATTR, p.to_toml())
         relaunch: list[TrialRun] = []
         legacy: list[tuple[TrialRun, CheckpointInfo | None]] = []
         if self._resuming:
@@ -167,7 +179,7 @@ class Sweep:
                 self.registry.add(run)
             self.scheduler.sampled = got.sampled
             self.scheduler.time_used = got.elapsed
-            if got.concurrency:
+            if got.concurrency and not self._concurrency_given:
                 self.scheduler.concurrency = self.scheduler.requested_concurrency = got.concurrency
             relaunch, legacy = got.relaunch, got.legacy
             for kind, trial, message, data in got.notes:
@@ -184,6 +196,8 @@ class Sweep:
         if stopped_meanwhile:  # stop() came while this was opening the study: carry that stop out now
             self._carry_out_stop(None, announce=True)
             return
+        if self.storage_url:  # other workers may share the study: beat, and watch theirs
+            self.heartbeat = WorkerBeat(self, self.advertise).start()
         for run, source in legacy:
             try:
                 self._continue_legacy(run, source)
@@ -242,6 +256,8 @@ class Sweep:
             r.control.stop()
         for r in runs:
             r.thread.join(timeout)  # type: ignore[union-attr]
+        if self.heartbeat is not None:  # after the trials' last writes: its last beat says "stopped"
+            self.heartbeat.stop()
         if announce and self.events.is_open:
             self.events.emit("sweep_stopped", None, "sweep stopped")
             self.events.close()
