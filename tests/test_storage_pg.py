@@ -120,3 +120,40 @@ def test_a_detached_engine_gets_the_url_and_its_password_never_through_argv(pg_u
         assert _api(run_dir, path="/info")["storage"] == pg_url.replace(password, "***")
     finally:
         box.close()
+
+
+def test_a_lost_workers_trials_are_interrupted_or_failed_by_the_others(pg_url, fake_sweep):
+    """Another worker's RUNNING trials whose beat is older than stale_after: interrupted with the reason when
+    they have a checkpoint to continue from, failed with it when they have none; fresh ones are left alone."""
+    import time as _time
+
+    from tui_tuner.engine.workers import BEAT_ATTR, LOST_ATTR
+
+    sweep = fake_sweep(storage=pg_url, params={"max_steps": 5}, study={"n_trials": 1, "concurrency": 1,
+                                                                       "stale_after": 3}).start()
+    assert sweep.wait(30)
+    study, now = sweep.study, sweep.gateway.now()
+    beats = {"stale_ckpt": {"t": now - 60, "step": 40, "checkpoint": 30},
+             "stale_none": {"t": now - 60, "step": 4, "checkpoint": None},
+             "fresh": {"t": now + 600, "step": 9, "checkpoint": 5}}
+    numbers = {}
+    for name, beat in beats.items():
+        t = study.ask()
+        t.set_user_attr("worker", "other-box-1")
+        t.set_user_attr(BEAT_ATTR, beat)
+        numbers[name] = t.number
+    deadline = _time.monotonic() + 10  # the heartbeat thread sweeps every stale_after / 6 s
+    while _time.monotonic() < deadline and LOST_ATTR not in study.trials[numbers["stale_ckpt"]].user_attrs:
+        _time.sleep(0.1)
+    trials = study.trials
+    lost = trials[numbers["stale_ckpt"]]
+    assert lost.state == optuna.trial.TrialState.RUNNING
+    assert "other-box-1 stopped beating" in lost.user_attrs[LOST_ATTR]["reason"]
+    assert "checkpoint at step 30" in lost.user_attrs[LOST_ATTR]["reason"]
+    failed = trials[numbers["stale_none"]]
+    assert failed.state == optuna.trial.TrialState.FAIL and "before the trial's first checkpoint" in \
+        failed.user_attrs["error"]
+    assert trials[numbers["fresh"]].state == optuna.trial.TrialState.RUNNING
+    assert LOST_ATTR not in trials[numbers["fresh"]].user_attrs
+    kinds = [e.kind for e in sweep.events_since(0)]
+    assert "lost_interrupted" in kinds and "lost_failed" in kinds

@@ -17,7 +17,7 @@ import optuna
 import pytest
 
 from tests.conftest import tiny_preset_dict
-from tests.test_detach import _alive
+from tests.test_detach import _alive, _api
 from tui_tuner.preset import dump_toml
 
 pytestmark = pytest.mark.slow
@@ -136,6 +136,8 @@ def test_a_killed_worker_is_noticed_and_its_restart_continues_its_trials(workers
     assert f"its worker {b_id} stopped beating" in lost["reason"]
     assert workers.study().trials[victim.number].state == optuna.trial.TrialState.RUNNING  # resumable as itself
     assert "lost_interrupted" in (tmp_path / "a" / "events.jsonl").read_text()
+    seen = next(t for t in _api(tmp_path / "a")["trials"] if t["number"] == victim.number)  # worker a's one view
+    assert seen["state"] == "interrupted" and "stopped beating" in seen["error"]
 
     restarted = workers.worker(b_dir)
     step0 = victim.user_attrs["beat"]["checkpoint"]
@@ -148,3 +150,38 @@ def test_a_killed_worker_is_noticed_and_its_restart_continues_its_trials(workers
     events = (b_dir / "events.jsonl").read_text()
     assert f"trial {victim.number} resumes from checkpoint step" in events
     assert restarted.poll() is None and _alive(restarted.pid)
+
+
+def test_a_client_of_either_worker_sees_both_and_pauses_a_trial_on_the_other(workers: Workers,
+                                                                            tmp_path: Path) -> None:
+    from tui_tuner.api.client import RemoteSweep
+
+    long = {"params": {"max_steps": 3000}, "study": {"n_trials": 4, "concurrency": 1}, "checkpoints": {"interval": 20}}
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    workers.creator(a_dir, **long)
+    until(lambda: _study_exists(workers), 60, "the study")
+    workers.worker(b_dir)
+    b_id = _worker_id(b_dir)
+    until(lambda: (b_dir / "control.sock").exists() and (a_dir / "control.sock").exists(), 60, "both APIs")
+
+    client = RemoteSweep(a_dir)  # what `tui-tuner attach` on worker a's box uses
+    try:
+        def both_running() -> Any:
+            snap = client.snapshot()
+            running = [t for t in snap.trials if t.state == "running"]
+            return snap if len({t.user_attrs.get("worker") for t in running}) == 2 else None
+        snap = until(both_running, 90, "a running trial on each worker, seen from worker a")
+        assert {w["id"] for w in snap.workers} == {b_id, _worker_id(a_dir)}
+        assert all(w["alive"] and "token" not in w for w in snap.workers)
+        theirs = next(t for t in snap.trials if t.user_attrs.get("worker") == b_id and t.state == "running")
+        until(lambda: client.series(theirs.number, "loss"), 30, "worker b's live curve through worker a")
+
+        client.pause(theirs.number)  # sent to worker a, carried out by worker b
+        at_b = lambda: next(t for t in _api(b_dir)["trials"] if t["number"] == theirs.number)  # noqa: E731
+        until(lambda: at_b()["state"] == "paused", 30, "the trial paused on worker b")
+        until(lambda: next(t for t in client.snapshot().trials if t.number == theirs.number).state == "paused",
+              30, "worker a's view shows it paused")
+        client.resume_trial(theirs.number)
+        until(lambda: at_b()["state"] == "running", 30, "resumed on worker b")
+    finally:
+        client.close()

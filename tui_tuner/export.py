@@ -9,9 +9,11 @@ from pathlib import Path
 
 import optuna
 
+from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.jsonl import read_jsonl
 from tui_tuner.engine.run_dir import RunDir
 from tui_tuner.engine.run_lock import RunDirLock, RunDirLockedError
+from tui_tuner.engine.storage_url import connect_problem, shown
 from tui_tuner.engine.study import make_storage
 from tui_tuner.engine.study_gateway import repair_torn_journal, state_of
 from tui_tuner.preset import Preset
@@ -26,7 +28,13 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
     out = out or run_dir
     out.mkdir(parents=True, exist_ok=True)
     repaired = None if storage_url else _repair_if_idle(layout)
-    study = optuna.load_study(study_name=preset.study_name, storage=make_storage(run_dir, storage_url))
+    try:
+        storage = make_storage(run_dir, storage_url)
+    except Exception as e:  # a database --storage that is gone or refuses: one line, as at `run`
+        if not storage_url:
+            raise
+        raise SweepError(f"--storage {shown(storage_url)}: {connect_problem(e, storage_url)}") from None
+    study = optuna.load_study(study_name=preset.study_name, storage=storage)
     trials = study.get_trials(deepcopy=False)
     names = sorted({k for t in trials for k in t.params})
     with (out / "trials.csv").open("w", newline="") as f:

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tui_tuner.api import registry
+from tui_tuner.api.federation import Federation
 from tui_tuner.api.wire import (
     API_VERSION,
     PREFIX,
@@ -123,7 +124,9 @@ class Api:
 
     async def snapshot(self, request: Request) -> Response:
         known = _known_versions(request.query_params.get("known", ""))
-        body = snapshot_bytes(self.sweep.snapshot(), known, self._encoded, resumable=self.sweep.resumable)
+        # local=1: only this engine's trials (what another worker of a shared study merges into its view)
+        source = getattr(self.sweep, "local", self.sweep) if request.query_params.get("local") else self.sweep
+        body = snapshot_bytes(source.snapshot(), known, self._encoded, resumable=self.sweep.resumable)
         return Response(body, media_type="application/json")
 
     async def series(self, request: Request) -> Response:
@@ -363,7 +366,9 @@ class ApiServer:
         self.link = self.run_dir / "control.sock"
         self.listen = listen
         self.token: str | None = (token or secrets.token_urlsafe(24)) if listen else None
-        self.api = Api(sweep, time.time())
+        # A study other workers share: the API serves all of it (their trials, commands routed to them)
+        self.federation = Federation(sweep) if sweep.storage_url else None
+        self.api = Api(self.federation or sweep, time.time())
         self._servers: list[uvicorn.Server] = []
         self._thread: threading.Thread | None = None
         self._entry: Path | None = None
@@ -444,6 +449,8 @@ class ApiServer:
         if self._thread is not None:
             self._thread.join(timeout)
         self.api.close()
+        if self.federation is not None:
+            self.federation.close()
         for name in ("uvicorn", "tui_tuner.api"):
             logging.getLogger(name).removeHandler(self._log_handler)
         self._log_handler.close()

@@ -74,6 +74,7 @@ def snapshot_from_wire(d: dict[str, Any], cache: dict[int, TrialSnapshot]) -> Sw
     for gone in set(cache) - {t.number for t in trials}:
         del cache[gone]
     fields = _known(SweepSnapshot, {k: v for k, v in d.items() if k != "trials"})
+    fields["workers"] = tuple(fields.get("workers", ()))
     return SweepSnapshot(**fields, trials=tuple(trials))
 
 

@@ -69,3 +69,4 @@ class SweepSnapshot:
     halted: str | None = None  # why no more trials can start (the sampler failed)
     phase: str = "running"  # loading | running | finished | stopping | stopped
     loading: str | None = None  # what start() is loading now ("loading model ..."), while phase is "loading"
+    workers: tuple[dict[str, Any], ...] = ()  # a shared study's workers (engine/workers.py WorkerView, as dicts)

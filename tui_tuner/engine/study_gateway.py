@@ -405,7 +405,7 @@ class StudyGateway:
         except Exception as e:
             if not is_storage_fault(e):
                 raise
-            where = self._url or str(self._journal)
+            where = shown(self._url) if self._url else str(self._journal)
             raise StorageError(f"storage {where}: {what} failed: {error_line(e)}") from e
 
     def _track_asks(self, sampler: optuna.samplers.BaseSampler) -> optuna.samplers.BaseSampler:
