@@ -76,6 +76,8 @@ class WorkerBeat:
         return self
 
     def stop(self) -> None:
+        if self._stop.is_set():  # a second stop (atexit after the sweep's own): its last beat is written
+            return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
