@@ -136,8 +136,10 @@ def test_a_killed_worker_is_noticed_and_its_restart_continues_its_trials(workers
     assert f"its worker {b_id} stopped beating" in lost["reason"]
     assert workers.study().trials[victim.number].state == optuna.trial.TrialState.RUNNING  # resumable as itself
     assert "lost_interrupted" in (tmp_path / "a" / "events.jsonl").read_text()
-    seen = next(t for t in _api(tmp_path / "a")["trials"] if t["number"] == victim.number)  # worker a's one view
-    assert seen["state"] == "interrupted" and "stopped beating" in seen["error"]
+    def seen_by_a() -> dict[str, Any]:  # worker a's one view, refreshed once a second
+        return next(t for t in _api(tmp_path / "a")["trials"] if t["number"] == victim.number)
+    until(lambda: seen_by_a()["state"] == "interrupted", 10, "worker a's view shows it interrupted")
+    assert "stopped beating" in seen_by_a()["error"]
 
     restarted = workers.worker(b_dir)
     step0 = victim.user_attrs["beat"]["checkpoint"]

@@ -54,6 +54,7 @@ class Federation:
 
     def close(self) -> None:
         self._stop.set()
+        self._thread.join(PEER_TIMEOUT_S * 2)  # a refresh in flight uses the clients
         for c in list(self._clients.values()):
             c.close()
 
