@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import socket
+import sys
+import time
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,9 @@ from tui_tuner.engine.errors import SweepError
 if TYPE_CHECKING:
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.preset import Preset
+
+
+STUDY_WAIT_S = 60.0  # a worker started with the run that creates the study waits for it this long
 
 
 def add_parser(sub: argparse._SubParsersAction, storage_default: str | None) -> argparse.ArgumentParser:
@@ -35,7 +40,7 @@ def run_dir_of(args: argparse.Namespace) -> Path:
     return Path(args.run_dir) if args.run_dir else default_run_dir(args.study)
 
 
-def study_preset(url: str, study: str) -> Preset:
+def study_preset(url: str, study: str, wait_s: float = STUDY_WAIT_S) -> Preset:
     """The resolved preset the run that created the study stored in it: every worker runs the same search
     space and fixed params. Errors name the study and the URL (password masked), in one line."""
     from tui_tuner.engine.storage_url import connect_problem, shown
@@ -43,16 +48,27 @@ def study_preset(url: str, study: str) -> Preset:
     from tui_tuner.engine.study_gateway import PRESET_ATTR
     from tui_tuner.preset import Preset
 
+    said = False
     try:
         storage = make_storage(Path("."), url)
     except Exception as e:  # SQLAlchemy raises many types; the user needs the one line
         raise SweepError(f"--storage {shown(url)}: {connect_problem(e, url)}") from None
-    try:
-        study_id = storage.get_study_id_from_name(study)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        raise SweepError(f"--storage {shown(url)} holds no study {study!r} (it holds: {', '.join(names) or 'none'}); "
-                         "start the sweep on one box first: tui-tuner run PRESET --storage URL") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            study_id = storage.get_study_id_from_name(study)
+            break
+        except KeyError:
+            if time.monotonic() >= deadline:
+                names = sorted(s.study_name for s in storage.get_all_studies())
+                raise SweepError(f"--storage {shown(url)} holds no study {study!r} (it holds: "
+                                 f"{', '.join(names) or 'none'}); start the sweep on one box first: "
+                                 "tui-tuner run PRESET --storage URL") from None
+            if not said:  # the run that creates it may still be loading its model
+                print(f"tui-tuner: waiting up to {wait_s:.0f}s for study {study!r} to appear in --storage "
+                      f"{shown(url)}…", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(1.0)
     text = storage.get_study_user_attrs(study_id).get(PRESET_ATTR)
     if not isinstance(text, str):
         raise SweepError(f"study {study!r} in --storage {shown(url)} holds no tui-tuner preset (it was not "

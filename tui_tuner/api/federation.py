@@ -222,12 +222,13 @@ def stored_snapshot(t: FrozenTrial, now: float, stale_after: float) -> TrialSnap
     if t.state == OptunaState.RUNNING and not a.get(LOST_ATTR) and now - float(beat.get("t", 0)) < stale_after:
         state = TrialState.PAUSED if a.get("paused") else TrialState.RUNNING  # beating, its worker unreachable
     evals = [t.intermediate_values[s] for s in sorted(t.intermediate_values)]
-    step = int(beat.get("step") or (max(t.intermediate_values) if t.intermediate_values else 0))
+    # The last beat, or the last eval report when later (a trial's final eval comes after its last beat)
+    step = max(int(beat.get("step") or 0), max(t.intermediate_values, default=0))
     finite = [v for v in evals if math.isfinite(v)]
     error = a.get("error") or (a.get(LOST_ATTR) or {}).get("reason")
     key = (t.state.value, state.value, step, len(evals), len(a), str(beat.get("t")))
     return TrialSnapshot(
-        number=t.number, state=state, step=step, total_steps=None, params=dict(t.params),
+        number=t.number, state=state, step=step, total_steps=beat.get("total"), params=dict(t.params),
         overrides=dict(a.get("overrides", {})), eval_loss=evals[-1] if evals else None,
         best_eval_loss=min(finite) if finite else None, parent=a.get("parent_trial"), fork_step=a.get("fork_step"),
         origin=a.get("origin", "sampler"), stopped_by_user=bool(a.get("stopped_by_user")), error=error,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKER_PREFIX = "worker:"  # study user attr of each worker: WORKER_PREFIX + id
-BEAT_ATTR = "beat"  # trial user attr: {"t": time, "step": step, "checkpoint": last checkpoint step or None}
+BEAT_ATTR = "beat"  # trial user attr: {"t": time, "step", "total": steps, "checkpoint": last checkpoint step|None}
 LOST_ATTR = "worker_lost"  # trial user attr: why it was marked interrupted (its worker stopped beating)
 BEATS_PER_STALE = 6  # beats within study.stale_after: a late beat or two never marks a live worker lost
 
@@ -111,7 +111,7 @@ class WorkerBeat:
         g.set_study_attr(WORKER_PREFIX + s.worker_id, entry)
         for r in running:
             last = r.checkpoints[-1].step if r.checkpoints else None
-            attrs = {BEAT_ATTR: {"t": now, "step": r.step, "checkpoint": last}}
+            attrs = {BEAT_ATTR: {"t": now, "step": r.step, "total": r.total, "checkpoint": last}}
             if r.user_attrs.get(LOST_ATTR):  # continued by its restarted worker: no longer lost
                 attrs[LOST_ATTR] = None
                 r.user_attrs[LOST_ATTR] = None
