@@ -43,7 +43,7 @@ class Federation:
         self.local = sweep
         self._lock = threading.Lock()
         self._foreign: dict[int, tuple[TrialSnapshot, str]] = {}  # number -> (snapshot, its worker id)
-        self._clients: dict[str, ApiClient] = {}
+        self._clients: dict[tuple[str, int], ApiClient] = {}  # per (worker, pid): a restarted one gets a new one
         self._caches: dict[str, dict[int, TrialSnapshot]] = {}  # per peer: snapshot deltas
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tui-tuner-federation", daemon=True)
@@ -164,15 +164,16 @@ class Federation:
 
     def _client_for(self, w: WorkerView) -> ApiClient | None:
         """Its Unix socket on this box; its --listen URL (with its token) from another."""
-        if w.id not in self._clients:
+        key = (w.id, w.pid)
+        if key not in self._clients:
             if w.host == socket.gethostname() and w.run_dir:
-                self._clients[w.id] = ApiClient(w.run_dir, timeout=PEER_TIMEOUT_S)
+                self._clients[key] = ApiClient(w.run_dir, timeout=PEER_TIMEOUT_S)
             elif w.listen:
                 url = w.listen.replace("://0.0.0.0:", f"://{w.host}:")
-                self._clients[w.id] = ApiClient(url, token=w.token, timeout=PEER_TIMEOUT_S)
+                self._clients[key] = ApiClient(url, token=w.token, timeout=PEER_TIMEOUT_S)
             else:
                 return None
-        return self._clients[w.id]
+        return self._clients[key]
 
     def _stored(self, n: int) -> FrozenTrial | None:
         trials = self.local.gateway.trials()
