@@ -51,6 +51,7 @@ class WorkerView:
     phase: str
     concurrency: int
     running: tuple[int, ...]
+    gpus: tuple[str, ...]
     alive: bool  # beat within study.stale_after
     me: bool = False
 
@@ -68,6 +69,7 @@ class WorkerBeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._peers: tuple[WorkerView, ...] = ()
+        self._gpus: list[str] | None = None  # this box's GPUs, read once (NVML)
 
     def start(self) -> WorkerBeat:
         self.beat()  # at once: other workers (and clients) see this one before its first trial
@@ -105,7 +107,10 @@ class WorkerBeat:
         s, g = self.sweep, self.sweep.gateway
         now = g.now()
         running = [r for r in s.registry.all() if r.active and r.trial is not None]
+        if self._gpus is None:
+            self._gpus = gpu_names()
         entry = {"host": socket.gethostname(), "pid": os.getpid(), "run_dir": str(s.run_dir.absolute()),
+                 "gpus": self._gpus,
                  "beat": now, "phase": phase or s.snapshot().phase, "concurrency": s.scheduler.requested_concurrency,
                  "running": [r.number for r in running], **self.api}
         g.set_study_attr(WORKER_PREFIX + s.worker_id, entry)
@@ -128,7 +133,7 @@ class WorkerBeat:
                 id=wid, host=e.get("host", "?"), pid=int(e.get("pid", 0)), run_dir=e.get("run_dir", ""),
                 socket=e.get("socket"), listen=e.get("listen"), token=e.get("token"), beat=float(e.get("beat", 0)),
                 phase=e.get("phase", "?"), concurrency=int(e.get("concurrency", 0)),
-                running=tuple(e.get("running", ())), me=wid == self.sweep.worker_id,
+                running=tuple(e.get("running", ())), gpus=tuple(e.get("gpus", ())), me=wid == self.sweep.worker_id,
                 alive=e.get("phase") != "stopped" and now - float(e.get("beat", 0)) < self.stale_after))
         return out
 
@@ -161,6 +166,14 @@ class WorkerBeat:
             self.sweep.emit("lost_interrupted", t.number, f"trial {t.number} interrupted: {why}", worker=worker)
             marked.append(t.number)
         return marked
+
+
+def gpu_names() -> list[str]:
+    """This box's GPUs as `<index>: <name>` (as NVML numbers them); none on a CPU box."""
+    from tui_tuner.engine.system import NvmlReader
+
+    reader = NvmlReader()
+    return [f"{g.index}: {g.name}" for g in reader.read()] if reader.ok else []
 
 
 def _last_beat(t: FrozenTrial) -> float | None:
