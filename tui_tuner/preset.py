@@ -160,8 +160,16 @@ class DeviceSection(_Strict):
     threads_per_trial: int = Field(1, ge=1)
 
 
+class AlertsSection(_Strict):
+    bell: bool = Field(True, description="ring the terminal bell with each alert (tmux marks the window); "
+                                         "off: a notification only")
+    sweep_finished: bool = Field(True, description="alert when the sweep has spent its budget (or halted)")
+    trial_failed: bool = Field(True, description="alert when a trial fails")
+    new_best: bool = Field(True, description="alert when a completed trial beats the best eval loss so far")
+
+
 class Preset(_Strict):
-    """A whole sweep: model, data, fixed params, search space, study, checkpoints, device."""
+    """A whole sweep: model, data, fixed params, search space, study, checkpoints, device, alerts."""
 
     name: str
     description: str = ""
@@ -172,6 +180,7 @@ class Preset(_Strict):
     study: StudySection = Field(default_factory=StudySection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     device: DeviceSection = Field(default_factory=DeviceSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
 
     _name = field_validator("name")(_file_name)
 
