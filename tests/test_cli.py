@@ -226,3 +226,64 @@ def test_quit_dialog_shows_the_real_resume_and_attach_commands(tmp_path, monkeyp
     where = f"'{tmp_path / 'runs/my demo'}'"
     assert f"\n  tui-tuner attach {where}\n" in text and text.endswith(f"\n  tui-tuner resume {where}")
     assert "RUN_DIR" not in text
+
+
+# -- issue 14, defect 12: a dry run says where the model and tokenizer come from, or fails -------------------
+def fake_hf_cache(root: Path, repo_id: str, files: tuple[str, ...] = ("config.json", "tokenizer.json")) -> Path:
+    """The Hugging Face hub cache's layout for one model: models--org--name/refs/main naming a snapshot that
+    holds the files (what huggingface_hub writes on a download)."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    for f in files:
+        (snapshot / f).write_text("{}")
+    return root
+
+
+def _dry_run(tmp_path: Path, model: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`run --dry-run` in a process of its own: huggingface_hub reads HF_HUB_CACHE / HF_HUB_OFFLINE /
+    HF_ENDPOINT at import."""
+    import os
+
+    preset = tmp_path / "hub.toml"
+    preset.write_text(dump_toml(tiny_preset_dict(model={"name": model})))
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return subprocess.run([sys.executable, "-m", "tui_tuner.cli", "run", str(preset), "--dry-run"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**clean, "HF_HUB_CACHE": str(tmp_path / "empty-cache"), **env})
+
+
+def test_dry_run_of_a_hub_model_in_the_hf_cache_says_so(tmp_path):
+    cache = fake_hf_cache(tmp_path / "hf", "some-org/some-model")
+    r = _dry_run(tmp_path, "some-org/some-model", HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    assert r.returncode == 0, r.stderr
+    assert f"model some-org/some-model (lora): in the HF cache ({cache})" in r.stdout
+
+
+def test_dry_run_of_a_hub_model_cached_without_a_tokenizer_is_refused_offline(tmp_path):
+    cache = fake_hf_cache(tmp_path / "hf", "some-org/some-model", files=("config.json",))
+    r = _dry_run(tmp_path, "some-org/some-model", HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
+    assert r.returncode == 2
+    _one_line(r.stderr, "model some-org/some-model: not in the HF cache", "HF_HUB_OFFLINE is set")
+
+
+def test_dry_run_of_a_hub_model_neither_cached_nor_reachable_is_one_line(tmp_path):
+    # A closed local port stands for a box without internet, the same on every machine.
+    r = _dry_run(tmp_path, "some-org/some-model", HF_ENDPOINT="http://127.0.0.1:9")
+    assert r.returncode == 2
+    _one_line(r.stderr, "model some-org/some-model: not in the HF cache", "the hub (http://127.0.0.1:9) is unreachable")
+
+
+def test_dry_run_of_a_local_model_dir(tmp_path):
+    model = tmp_path / "my-model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    r = _dry_run(tmp_path, str(model), HF_HUB_OFFLINE="1")
+    assert r.returncode == 2
+    _one_line(r.stderr, f"model {model}: {model} has no tokenizer (tokenizer.json")
+    (model / "tokenizer.json").write_text("{}")
+    r = _dry_run(tmp_path, str(model), HF_HUB_OFFLINE="1")
+    assert r.returncode == 0, r.stderr
+    assert f"model {model} (lora): local directory {model}" in r.stdout

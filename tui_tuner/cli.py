@@ -161,8 +161,10 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     if args.n_trials is not None:
         preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
     if args.dry_run:
+        from tui_tuner.training.model_source import model_source
+
         check_data_files(preset)
-        print(dry_run(preset))
+        print(dry_run(preset, model_source(preset.model.name)))
         return None
     run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
     if RunDir(run_dir).meta.exists():
@@ -194,10 +196,11 @@ def check_data_files(preset: Preset) -> None:
         check_rows(rows, detect_format(rows, preset.data.format, path), path)
 
 
-def dry_run(preset: Preset) -> str:
+def dry_run(preset: Preset, source: str) -> str:
+    """What a run would do; `source` says where the model and tokenizer load from (model_source)."""
     s = preset.study
     lines = [f"preset {preset.name}: {preset.description}".rstrip(": "),
-             f"model {preset.model.name} ({preset.model.method}); data {preset.data.train}",
+             f"model {preset.model.name} ({preset.model.method}): {source}; data {preset.data.train}",
              f"study {preset.study_name}: sampler {s.sampler}, pruner {s.pruner}, {s.n_trials} trials, "
              f"{s.concurrency} at a time" + (f", timeout {s.timeout:g}s" if s.timeout else ""),
              "search space:" if preset.search else "search space: (none: every trial uses the fixed params)"]
