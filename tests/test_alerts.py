@@ -14,7 +14,9 @@ import pytest
 
 from tests.conftest import tiny_preset_dict
 from tui_tuner import Preset, Sweep
+from tui_tuner.engine.events import Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.format import fmt_float
 from tui_tuner.preset import AlertsSection, PresetError
 from tui_tuner.ui.alerts import AlertWatcher
 from tui_tuner.ui.app import TuiTunerApp
@@ -40,6 +42,10 @@ def _t(n: int, state: str, error: str | None = None) -> TrialSnapshot:
                          error=error)
 
 
+def _ev(kind: str, message: str, earlier: bool = False) -> Event:
+    return Event(seq=1, time=0.0, kind=kind, trial=None, message=message, earlier=earlier)
+
+
 def test_watcher_alerts_on_each_transition_once() -> None:
     w = AlertWatcher(AlertsSection())
     assert w.observe(_snap(_t(0, "running"), _t(1, "running"))) == []  # the baseline
@@ -48,29 +54,33 @@ def test_watcher_alerts_on_each_transition_once() -> None:
         ("trial_failed", "trial #1 failed: CUDA error: boom", "error"),
         ("new_best", "new best: trial #0, eval loss 1.25", "information")]
     assert w.observe(_snap(_t(0, "complete"), _t(1, "failed"), best=(0, 1.25))) == []  # nothing new
-    got = w.observe(_snap(_t(0, "complete"), _t(1, "failed"), _t(2, "complete"), phase="finished", best=(2, 1.0)))
-    assert [a.message for a in got] == ["new best: trial #2, eval loss 1 (was 1.25)",
-                                        "sweep finished: 3 trials; best trial #2, eval loss 1"]
-    assert w.observe(_snap(_t(2, "complete"), phase="finished", best=(2, 1.0))) == []
+    got = w.observe(_snap(_t(0, "complete"), _t(1, "failed"), _t(2, "complete"), best=(2, 1.0)))
+    assert [a.message for a in got] == ["new best: trial #2, eval loss 1 (was 1.25)"]
+    assert w.on_event(_ev("completed", "trial 2 completed")) == []
+    got = w.on_event(_ev("sweep_finished", "sweep finished: budget spent"))
+    assert [(a.message, a.severity) for a in got] == [
+        ("sweep finished: budget spent; best trial #2, eval loss 1", "information")]
 
 
 def test_watcher_ignores_what_happened_before_it_watched() -> None:
     w = AlertWatcher(AlertsSection())
     assert w.observe(_snap(phase="loading")) == []  # a resumed run loading: its history is not read back yet
-    # Loaded: an earlier failure, a best and a finished sweep are the baseline, not news.
-    assert w.observe(_snap(_t(0, "failed", "x"), _t(1, "complete"), phase="finished", best=(1, 2.0))) == []
+    # Loaded: an earlier failure and a best are the baseline, not news; so is an earlier process's end.
+    assert w.observe(_snap(_t(0, "failed", "x"), _t(1, "complete"), best=(1, 2.0))) == []
+    assert w.on_event(_ev("sweep_finished", "sweep finished: budget spent", earlier=True)) == []
     # A trial that failed before any snapshot saw it run (its params invalid when asked) is news.
-    got = w.observe(_snap(_t(0, "failed", "x"), _t(1, "complete"), _t(2, "failed"), phase="finished",
-                          best=(1, 2.0)))
+    got = w.observe(_snap(_t(0, "failed", "x"), _t(1, "complete"), _t(2, "failed"), best=(1, 2.0)))
     assert [a.message for a in got] == ["trial #2 failed: no reason recorded"]
 
 
 def test_watcher_halt_and_preset_switches() -> None:
     w = AlertWatcher(AlertsSection(new_best=False, trial_failed=False))
     w.observe(_snap(_t(0, "running")))
-    got = w.observe(_snap(_t(0, "failed", "e"), phase="finished", best=None, halted="sampler error: e"))
-    assert [(a.kind, a.message, a.severity) for a in got] == [("sweep_finished", "sweep halted: sampler error: e",
-                                                               "error")]
+    assert w.observe(_snap(_t(0, "failed", "e"), halted="sampler error: e")) == []  # both switched off
+    assert w.on_event(_ev("sweep_halted", "sweep halted: sampler error: e")) == []  # told once, by the end
+    got = w.on_event(_ev("sweep_finished", "sweep finished: halted: sampler error: e"))
+    assert [(a.kind, a.message, a.severity) for a in got] == [
+        ("sweep_finished", "sweep finished: halted: sampler error: e; no trial completed", "error")]
     assert w.toggle("trial_failed") is True and w.toggle("bell") is False
     with pytest.raises(ValueError, match="unknown alert 'nope'"):
         w.toggle("nope")
@@ -126,7 +136,8 @@ async def test_a_sweep_finishing_rings_and_notifies(quick_app: Callable[..., Any
         await _until(lambda: any(m.startswith("sweep finished") for m in _alerts_shown(app)))
         shown = _alerts_shown(app)
         best = sweep.snapshot()
-        assert f"sweep finished: 2 trials; best trial #{best.best_trial}" in shown[-1]
+        assert shown[-1] == (f"sweep finished: budget spent; best trial #{best.best_trial}, eval loss "
+                             f"{fmt_float(best.best_value)}")
         assert any(m.startswith("new best: trial #") for m in shown)  # the first completed trial is a new best
         assert rings, "the bell did not ring"
         n = len(rings)

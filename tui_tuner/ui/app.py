@@ -202,6 +202,7 @@ class TuiTunerApp(App[int]):
             self.query_one(EventLogPanel).add(message.event)
             if message.event.kind not in ROUTINE_EVENTS:
                 self.refresh_view()
+        self._alert(self.alerts.on_event(message.event))  # after the refresh: a last new best comes first
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh_view(self) -> None:
