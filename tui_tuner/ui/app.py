@@ -93,7 +93,7 @@ class TuiTunerApp(App[int]):
         self._chart_drawn: dict[str, float] = {}
         self._stopping = False
         self.outcome: str | None = None  # "detached" once this client left a background engine running
-        self.alerts = AlertWatcher(source.preset.alerts)
+        self.alerts: AlertWatcher  # made on mount, from the source's preset
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -108,6 +108,7 @@ class TuiTunerApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.alerts = AlertWatcher(self.source.preset.alerts)
         for name, title in zip(PANELS, ("Loss (l: log y)", "LR", "System", "Events"), strict=True):
             self.query_one(f"#panel-{name}").border_title = title
         self._accepting = True
@@ -202,7 +203,7 @@ class TuiTunerApp(App[int]):
             self.query_one(EventLogPanel).add(message.event)
             if message.event.kind not in ROUTINE_EVENTS:
                 self.refresh_view()
-        self._alert(self.alerts.on_event(message.event))  # after the refresh: a last new best comes first
+            self._alert(self.alerts.on_event(message.event))  # after the refresh: a last new best comes first
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh_view(self) -> None:
