@@ -56,7 +56,7 @@ def test_headless_prints_changes_not_tables(make_sweep, monkeypatch) -> None:
     assert any(line.strip() == str(sweep.run_dir / "trials") or "trials/" in line for line in lines)
     for n in range(3):  # each trial: started with its params, completed with its steps, best eval and time
         assert re.search(rf"^\[\d\d:\d\d:\d\d\] trial {n} started: lr=\S+ wd=\S+$", text, re.M), text
-        assert re.search(rf"trial {n} completed: eval loss \S+ \[30/30 steps in \d+s, best \S+\]$", text, re.M), text
+        assert re.search(rf"trial {n} completed: eval loss \S+ \[30/30 steps, \d+s, best \S+\]$", text, re.M), text
     assert " starts" not in text  # the "starting" event is folded into "started"
     best = sweep.snapshot()
     assert re.search(r"new best: trial #\d, eval loss \S+$", text, re.M)

@@ -43,7 +43,7 @@ def details(ev: Event, t: TrialSnapshot | None) -> str:
         fork = f" (fork of #{t.parent}@{t.fork_step})" if t.parent is not None else ""
         return f": {fmt_params(t.params)}{fork}" if t.params else fork
     if ev.kind in ("complete", "pruned", "killed"):
-        took = f" in {t.finished_at - t.started_at:.0f}s" if t.finished_at and t.started_at else ""
+        took = f", {t.finished_at - t.started_at:.0f}s" if t.finished_at and t.started_at else ""
         return f" [{t.step}/{t.total_steps or '?'} steps{took}, best {fmt_float(t.best_eval_loss)}]"
     return ""
 
