@@ -254,7 +254,7 @@ def test_headless_with_clients_waits_for_a_resume_and_says_how(fake_sweep):
     wait_for(lambda: sweep.trials() and sweep.trial(0).step > 2, what="stepping")
     sweep.pause(0)
     out, code = io.StringIO(), []
-    t = threading.Thread(target=lambda: code.append(run_headless(sweep, table_every=0.5, out=out, clients=True)))
+    t = threading.Thread(target=lambda: code.append(run_headless(sweep, summary_every=0.5, out=out, clients=True)))
     t.start()
     wait_for(lambda: "waiting for a client" in out.getvalue(), timeout=20, what="the paused notice")
     assert f"ctl {sweep.run_dir} resume 0" in out.getvalue() and t.is_alive()  # waiting, not stopped

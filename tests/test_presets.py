@@ -277,7 +277,15 @@ def test_overrides_change_the_resolved_preset(tmp_path):
 
 
 @pytest.mark.parametrize("path", sorted(PRESETS_DIR.glob("*.toml")), ids=lambda p: p.stem)
-def test_every_bundled_preset_passes_dry_run(path, capsys):
+def test_every_bundled_preset_passes_dry_run(path, capsys, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from tests.test_cli import fake_hf_cache
+
+    # The hub presets' models as if downloaded: the dry run checks they resolve, and tests run offline.
+    model = Preset.load(path).model.name
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(fake_hf_cache(tmp_path, model)))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert main(["run", path.stem, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "search space" in out and "budget" in out

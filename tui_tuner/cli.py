@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     _engine_options(add_worker(sub, os.environ.get(STORAGE_ENV) or None))
 
     pre = sub.add_parser("presets", help="list bundled presets, or `presets show NAME`")
-    pre.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    # No argparse `choices`: `presets tiny-demo` would be an "invalid choice" instead of pointing at `show`.
+    pre.add_argument("action", nargs="?", default="list", help="list (the default) or show")
     pre.add_argument("name", nargs="?")
     return ap
 
@@ -80,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     raise_on_stop_signals()  # SIGTERM / SIGHUP stop like Ctrl-C, from here on (loading a model included)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone away is caught below
+        return code
     except BrokenPipeError:  # `tui-tuner ctl RUN status | head`: the reader has what it wanted
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
@@ -154,6 +157,8 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.preset import Preset, PresetError, resolve_preset_path
 
+    if args.n_trials is not None:
+        check_n_trials(args.n_trials)
     if args.cmd == "resume":
         return Sweep.open(args.run_dir, n_trials=args.n_trials, resume_paused=args.resume_paused)
     if args.cmd == "worker":
@@ -165,13 +170,29 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     if args.n_trials is not None:
         preset = Preset.from_dict(preset.model_dump(), str(path), [f"study.n_trials={args.n_trials}"])
     if args.dry_run:
+        from tui_tuner.training.model_source import model_source
+
         check_data_files(preset)
-        print(dry_run(preset))
+        print(dry_run(preset, model_source(preset.model.name)))
         return None
     run_dir = Path(args.run_dir or Path("runs") / preset.study_name)
     if RunDir(run_dir).meta.exists():
         raise PresetError(f"{run_dir} already holds a run: `tui-tuner resume {run_dir}` or pass --run-dir")
     return Sweep(preset, run_dir, storage=args.storage, join=args.join)
+
+
+def check_n_trials(n: int) -> None:
+    """--n-trials against the schema's own rule for study.n_trials, blaming the flag the user typed (resume
+    raises the budget without re-validating the preset, so this is its only check)."""
+    from pydantic import ValidationError
+
+    from tui_tuner.params import error_message
+    from tui_tuner.preset import PresetError, StudySection
+
+    try:
+        StudySection(n_trials=n)
+    except ValidationError as e:
+        raise PresetError(f"--n-trials: {error_message(e.errors()[0])} (got {n})") from None
 
 
 def check_data_files(preset: Preset) -> None:
@@ -184,10 +205,11 @@ def check_data_files(preset: Preset) -> None:
         check_rows(rows, detect_format(rows, preset.data.format, path), path)
 
 
-def dry_run(preset: Preset) -> str:
+def dry_run(preset: Preset, source: str) -> str:
+    """What a run would do; `source` says where the model and tokenizer load from (model_source)."""
     s = preset.study
     lines = [f"preset {preset.name}: {preset.description}".rstrip(": "),
-             f"model {preset.model.name} ({preset.model.method}); data {preset.data.train}",
+             f"model {preset.model.name} ({preset.model.method}): {source}; data {preset.data.train}",
              f"study {preset.study_name}: sampler {s.sampler}, pruner {s.pruner}, {s.n_trials} trials, "
              f"{s.concurrency} at a time" + (f", timeout {s.timeout:g}s" if s.timeout else ""),
              "search space:" if preset.search else "search space: (none: every trial uses the fixed params)"]
@@ -206,6 +228,9 @@ def dry_run(preset: Preset) -> str:
 def _presets(action: str, name: str | None) -> int:
     from tui_tuner.preset import PRESETS_DIR, Preset, PresetError, resolve_preset_path
 
+    if action not in ("list", "show"):
+        hint = f": to print that preset, `tui-tuner presets show {action}`" if _is_preset(action) else ""
+        raise PresetError(f"presets: unknown action {action!r} (list or show){hint}")
     if action == "show":
         if not name:
             raise PresetError("presets show: which preset? (tui-tuner presets lists them)")
@@ -219,6 +244,16 @@ def _presets(action: str, name: str | None) -> int:
             desc = f"(invalid: {str(e).splitlines()[0]})"
         print(f"{f.stem:<24} {desc}")
     return 0
+
+
+def _is_preset(name: str) -> bool:
+    from tui_tuner.preset import PresetError, resolve_preset_path
+
+    try:
+        resolve_preset_path(name)
+    except PresetError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

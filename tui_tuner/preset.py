@@ -162,8 +162,16 @@ class DeviceSection(_Strict):
     threads_per_trial: int = Field(1, ge=1)
 
 
+class AlertsSection(_Strict):
+    bell: bool = Field(True, description="ring the terminal bell with each alert (tmux marks the window); "
+                                         "off: a notification only")
+    sweep_finished: bool = Field(True, description="alert when the sweep has spent its budget (or halted)")
+    trial_failed: bool = Field(True, description="alert when a trial fails")
+    new_best: bool = Field(True, description="alert when a completed trial beats the best eval loss so far")
+
+
 class Preset(_Strict):
-    """A whole sweep: model, data, fixed params, search space, study, checkpoints, device."""
+    """A whole sweep: model, data, fixed params, search space, study, checkpoints, device, alerts."""
 
     name: str
     description: str = ""
@@ -174,6 +182,7 @@ class Preset(_Strict):
     study: StudySection = Field(default_factory=StudySection)
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     device: DeviceSection = Field(default_factory=DeviceSection)
+    alerts: AlertsSection = Field(default_factory=AlertsSection)
 
     _name = field_validator("name")(_file_name)
 
@@ -332,8 +341,7 @@ def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> l
         if named:  # a whole-preset check (search names, grid space) names its field in the message
             loc = named.group(1).split(".")
         field = ".".join(loc) or "(top level)"
-        from_set = any(k == field or k.startswith(field + ".") or field.startswith(k + ".") for k in set_keys)
-        where = f"--set {field}" if from_set else f"{source}: {field}"
+        where = _blame(field, set_keys) or f"{source}: {field}"
         got = e.get("input")
         if e["type"] == "union_tag_not_found":
             msg = 'needs type = "float", "int" or "categorical"'
@@ -349,6 +357,18 @@ def _format_errors(err: ValidationError, source: str, overrides: list[str]) -> l
             msg = error_message(e) + (f" (got {got!r})" if not isinstance(got, dict) else "")
         lines.append(f"{where}: {msg}")
     return lines
+
+
+def _blame(field: str, set_keys: list[str]) -> str | None:
+    """The --set a problem in `field` comes from, if one does. Setting a search range's `type` changes which
+    fields that range needs, so it is to blame for any of them (`search.r.type=int` with no low/high)."""
+    for k in set_keys:
+        if k == field or k.startswith(field + ".") or field.startswith(k + "."):
+            return f"--set {field}"
+        table, _, last = k.rpartition(".")
+        if last == "type" and field.startswith(table + "."):
+            return f"--set {k}: {field}"
+    return None
 
 
 def _fields_at(loc: list[str]) -> list[str]:

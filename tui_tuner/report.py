@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
+import textwrap
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
@@ -44,21 +47,99 @@ def force_exit(sweep: Reported, code: int = EXIT_INTERRUPTED) -> NoReturn:
     os._exit(code)
 
 
-def progress_table(snap: SweepSnapshot) -> str:
-    counts = "  ".join(f"{label} {n}" for label, n in count_words(snap.counts))
-    head = (f"-- {snap.study_name}  {int(snap.elapsed)}s  {counts}  "
-            f"best {fmt_float(snap.best_value)} (#{snap.best_trial if snap.best_trial is not None else '-'})")
-    lines = [head, f"{'#':>4} {'state':<11} {'step':>11} {'loss':>7} {'eval':>7} {'best':>7} {'lr':>8} "
-             f"{'tok/s':>7} {'mem':>7}  params"]
-    for t in snap.trials:
-        step = f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
-        lines.append(
-            f"{t.number:>4} {t.state:<11} {step:>11} {fmt_float(t.loss):>7} {fmt_float(t.eval_loss):>7} "
-            f"{fmt_float(t.best_eval_loss):>7} {fmt_float(t.lr, 2):>8} {fmt_float(t.tokens_per_s, 0):>7} "
-            f"{fmt_bytes(t.peak_mem_bytes):>7}  {fmt_params(t.params)}"
-            + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")
-        )
+def terminal_width() -> int:
+    """The width to write for: the terminal's, $COLUMNS, or 80 (a file, a pipe, a CI log)."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def wrap(text: str, width: int, indent: str = "") -> str:
+    """Wrap at spaces, never inside a word or number (a long one overflows rather than breaks)."""
+    return "\n".join(textwrap.wrap(text, max(width, 20), subsequent_indent=indent, break_long_words=False,
+                                    break_on_hyphens=False)) or text
+
+
+def fit(chunks: list[str], width: int, indent: str = "   ") -> str:
+    """Chunks joined by two spaces, a line broken only between chunks (a chunk such as "best 1.07 (#0)" stays
+    whole)."""
+    lines = [""]
+    for c in chunks:
+        if lines[-1].strip() and len(lines[-1]) + 2 + len(c) > width:
+            lines.append(indent)
+        lines[-1] += ("  " if lines[-1].strip() else "") + c
     return "\n".join(lines)
+
+
+def _best(snap: SweepSnapshot) -> str:
+    return f"best {fmt_float(snap.best_value)} (#{snap.best_trial})" if snap.best_trial is not None else "best -"
+
+
+def _step(t: TrialSnapshot) -> str:
+    return f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
+
+
+# (title, width, cell); the last ones are dropped first when the terminal is too narrow for them.
+_COLUMNS: tuple[tuple[str, int, Callable[[TrialSnapshot], str]], ...] = (
+    ("#", -4, lambda t: str(t.number)),
+    ("state", 11, lambda t: str(t.state)),
+    ("step", -11, _step),
+    ("loss", -7, lambda t: fmt_float(t.loss)),
+    ("eval", -7, lambda t: fmt_float(t.eval_loss)),
+    ("best", -7, lambda t: fmt_float(t.best_eval_loss)),
+    ("lr", -8, lambda t: fmt_float(t.lr, 2)),
+    ("tok/s", -7, lambda t: fmt_float(t.tokens_per_s, 0)),
+    ("mem", -7, lambda t: fmt_bytes(t.peak_mem_bytes)),
+)
+_KEPT = 6  # #, state, step, loss, eval, best: never dropped
+PARAMS_INDENT = " " * 6
+
+
+def progress_table(snap: SweepSnapshot, width: int | None = None) -> str:
+    """The trials as a table that fits `width` (default: the terminal's): columns the width cannot hold are
+    dropped from the right, and a trial's params go on lines of their own when they do not fit beside it."""
+    width = width or terminal_width()
+    cols = list(_COLUMNS)
+    while len(cols) > _KEPT and sum(abs(w) + 1 for _, w, _ in cols) - 1 > width:
+        cols.pop()
+
+    def row(cells: list[str]) -> str:
+        return " ".join(f"{c:>{-w}}" if w < 0 else f"{c:<{w}}" for c, (_, w, _) in zip(cells, cols, strict=True))
+
+    counts = [f"{label} {n}" for label, n in count_words(snap.counts)]
+    titles = row([title for title, _, _ in cols])
+    lines = [fit([f"-- {snap.study_name}", f"{int(snap.elapsed)}s", *counts, _best(snap)], width),
+             titles + ("  params" if len(titles) + 8 <= width else "")]  # else k=v on its own line says it
+    for t in snap.trials:
+        cells = row([cell(t) for _, _, cell in cols])
+        params = fmt_params(t.params) + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")
+        if not params:
+            lines.append(cells)
+        elif len(cells) + 2 + len(params) <= width:
+            lines.append(f"{cells}  {params}")
+        else:
+            lines += [cells, wrap(PARAMS_INDENT + params, width, PARAMS_INDENT)]
+    return "\n".join(lines)
+
+
+def summary_line(snap: SweepSnapshot, width: int | None = None) -> str:
+    """One line of progress: elapsed, counts, the best so far, and as many active trials (step, last eval) as fit
+    `width`; the others are counted. Zero counts go first when even that is too wide."""
+    width = width or terminal_width()
+    running = [t for t in snap.trials if t.state in ("running", "starting", "paused")]
+    counts = [(label, n) for label, n in count_words(snap.counts)]
+
+    def head() -> str:
+        return " ".join([f"-- {int(snap.elapsed)}s", *(f"{label} {n}" for label, n in counts), _best(snap)])
+
+    while len(head()) + len(f"  +{len(running)} active") > width and any(n == 0 for _, n in counts):
+        counts.remove(next(c for c in reversed(counts) if c[1] == 0))
+    line = head()
+    for i, t in enumerate(running):
+        item = f"  #{t.number} {_step(t)}" + (f" {fmt_float(t.eval_loss)}" if t.eval_loss is not None else "")
+        more = f"  +{len(running) - i - 1} active" if i < len(running) - 1 else ""
+        if len(line) + len(item) + len(more) > width:
+            return line + f"  +{len(running) - i} active"
+        line += item
+    return line
 
 
 def summary(sweep: Reported) -> str:
@@ -66,14 +147,18 @@ def summary(sweep: Reported) -> str:
     if best is None:
         return "no trial completed"
     where = best.checkpoints[-1].path if best.checkpoints else "(no checkpoint)"
-    return (f"best trial #{best.number}: eval loss {best.eval_loss:.4f}\n  params: {best.params}"
-            + (f"\n  overrides: {best.overrides}" if best.overrides else "") + f"\n  adapter: {where}")
+    width = terminal_width()
+    lines = [f"best trial #{best.number}: eval loss {best.eval_loss:.4f}",
+             wrap(f"  params: {best.params}", width, "    ")]
+    if best.overrides:
+        lines.append(wrap(f"  overrides: {best.overrides}", width, "    "))
+    return "\n".join([*lines, wrap(f"  adapter: {where}", width, "    ")])
 
 
 def where_next(sweep: Reported) -> str:
     """The run dir, and the command that continues it when there is work left (a stop, a signal, a halt)."""
     hint = f"  (continue with: tui-tuner resume {sweep.run_dir})" if sweep.resumable else ""
-    return f"run directory: {sweep.run_dir}{hint}"
+    return f"run directory: {sweep.run_dir}{hint}"  # one line, whatever the width: the command is pasted whole
 
 
 def clock(t: float) -> str:

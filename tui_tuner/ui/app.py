@@ -24,6 +24,7 @@ from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
+from tui_tuner.ui.alerts import KINDS, LABELS, Alert, AlertWatcher
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, QuitScreen, editable_params
@@ -92,6 +93,7 @@ class TuiTunerApp(App[int]):
         self._chart_drawn: dict[str, float] = {}
         self._stopping = False
         self.outcome: str | None = None  # "detached" once this client left a background engine running
+        self.alerts: AlertWatcher  # made on mount, from the source's preset
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -106,6 +108,7 @@ class TuiTunerApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.alerts = AlertWatcher(self.source.preset.alerts)
         for name, title in zip(PANELS, ("Loss (l: log y)", "LR", "System", "Events"), strict=True):
             self.query_one(f"#panel-{name}").border_title = title
         self._accepting = True
@@ -200,19 +203,33 @@ class TuiTunerApp(App[int]):
             self.query_one(EventLogPanel).add(message.event)
             if message.event.kind not in ROUTINE_EVENTS:
                 self.refresh_view()
+            self._alert(self.alerts.on_event(message.event))  # after the refresh: a last new best comes first
 
     # -- refresh -------------------------------------------------------------------------------
     def refresh_view(self) -> None:
         """Pull the newest snapshot and redraw what changed; skipped while another screen is on top."""
-        if not self.is_running or not self.screen_stack or self.screen is not self.screen_stack[0]:
+        if not self.is_running or not self.screen_stack:
             return
         snap = self.source.snapshot()
+        self._alert(self.alerts.observe(snap))  # also under a dialog: an alert must not wait for it to close
+        if self.screen is not self.screen_stack[0]:
+            return
         self.snap = snap
         with self.batch_update(), contextlib.suppress(NoMatches):
             self.query_one(StatusLine).show(snap)
             table = self.query_one(TrialsTable)
             table.show(snap)
             self._draw_panels(snap, table.selected)
+
+    def _alert(self, alerts: list[Alert]) -> None:
+        for a in alerts:
+            self.notify(a.message, title="alert", severity=a.severity, timeout=15)
+        if alerts and self.alerts.bell:
+            self.bell()  # once for them all; inside tmux it also flags the window
+
+    def action_toggle_alert(self, what: str) -> None:
+        on = self.alerts.toggle(what)
+        self.notify(f"alerts: {LABELS[what]} {'on' if on else 'off'}", timeout=3)
 
     def _draw_panels(self, snap: SweepSnapshot, selected: int | None) -> None:
         versions = tuple((t.number, t.version) for t in snap.trials)
@@ -500,6 +517,12 @@ class TuiTunerApp(App[int]):
             ("Quit sweep", "Checkpoint and stop running trials, then exit", self.action_quit),
         ):
             yield SystemCommand(title, help_text, action)
+        for what in (*KINDS, "bell"):
+            on = self.alerts.bell if what == "bell" else self.alerts.enabled[what]
+            thing = "the bell that rings with each alert" if what == "bell" else f"the {LABELS[what]} alert"
+            yield SystemCommand(f"Alerts: {LABELS[what]} ({'on' if on else 'off'})",
+                                f"Turn {'off' if on else 'on'} {thing} (until the app exits)",
+                                lambda w=what: self.action_toggle_alert(w))
 
 
 def run_app(sweep: Sweep, start: bool = False) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -57,13 +59,15 @@ class QuitScreen(ModalScreen[str | None]):
 
     def __init__(self, run_dir: object) -> None:
         super().__init__(classes="dialog-screen")
-        self.run_dir = run_dir
+        # Absolute and shell-quoted: the commands are pasted later, from whatever directory the user is in.
+        self.run_dir = shlex.quote(str(Path(str(run_dir)).absolute()))
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static("Quit?\n  Detach: the sweep keeps running; come back with "
-                         f"`tui-tuner attach {self.run_dir}`.\n  Stop: running trials checkpoint and stop "
-                         f"(continue later with `tui-tuner resume {self.run_dir}`).", classes="dialog-title")
+            # Each command on a line of its own, so a narrow terminal wraps the prose, never the command.
+            yield Static(f"Quit?\nDetach: the sweep keeps running; come back with\n  tui-tuner attach {self.run_dir}\n"
+                         f"Stop: running trials checkpoint and stop; continue later with\n"
+                         f"  tui-tuner resume {self.run_dir}", classes="dialog-title")
             with Horizontal(classes="buttons"):
                 yield Button("Detach (d)", variant="primary", id="detach")
                 yield Button("Stop (s)", variant="error", id="stop")
