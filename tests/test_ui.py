@@ -163,13 +163,24 @@ async def test_fork_dialog_keeps_invalid_edits_on_screen_with_the_reason(sweep: 
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_fork_dialog(pilot, sweep)
-        app.screen.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
+        dialog = app.screen
+        dialog.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
+        dialog.query_one("#param-weight_decay").value = "0.25"  # type: ignore[attr-defined]
         await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, ParamsDialog)  # not dismissed: the user can fix the value
-        assert str(app.screen.query_one("#dialog-error").render()) == "params: set max_steps or epochs"
+        # The engine refused it: the dialog stays, with the reason and every edit.
+        await until(pilot, lambda: str(dialog.query_one("#dialog-error").render())
+                    == "fork: params: set max_steps or epochs" and not dialog._busy)
+        assert app.screen is dialog
+        assert dialog.query_one("#param-weight_decay").value == "0.25"  # type: ignore[attr-defined]
         with sweep.study_lock:
             assert not any(t.user_attrs.get("origin") == "fork" for t in sweep.study.get_trials(deepcopy=False))
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is not dialog)
+        # ...and it is in the Events panel, for this client as for any other.
+        await pilot.press("4")
+        await until(pilot, lambda: any(e.kind == "refused" for e in app.query_one("EventLogPanel").events))
+        (ev,) = [e for e in app.query_one("EventLogPanel").events if e.kind == "refused"]
+        assert ev.message == "fork of trial 0 refused: params: set max_steps or epochs"
 
 
 async def test_plus_raises_concurrency(sweep: Sweep) -> None:
