@@ -254,7 +254,8 @@ class TuiTunerApp(App[int]):
     @on(Tabs.TabActivated)
     def _tab_changed(self, event: Tabs.TabActivated) -> None:
         if event.tab.id:
-            self.action_panel(event.tab.id.removeprefix("tab-"))
+            with contextlib.suppress(NoMatches):  # a tab change that lands while the app closes
+                self.action_panel(event.tab.id.removeprefix("tab-"))
 
     # -- helpers -------------------------------------------------------------------------------
     def _debounced(self, what: str) -> bool:
@@ -365,7 +366,7 @@ class TuiTunerApp(App[int]):
             return
         n, source, preset = t.number, self.source, self.source.preset
         self.push_screen(ParamsDialog(
-            f"Fork trial #{n} (step {t.step}): a child from a checkpoint, with these params",
+            f"Fork trial #{n} (at step {t.step}): a new trial from its checkpoint",
             self._values(t), param_rows(preset.search, preset.model.method, fork=True), frozenset(),
             submit=lambda params, step: source.fork(n, step=step, params=params),
             check=lambda params, step: source.check_fork(n, step=step, params=params, points=120),

@@ -186,7 +186,7 @@ class ParamsDialog(ModalScreen[int | None]):
             ol.focus()
         elif self.editable:
             self.query_one(f"#param-{self.editable[0]}", Input).focus()
-        self._check_soon(0)
+        self._check_soon(0.01)
 
     # -- what was typed --------------------------------------------------------------------------
     def _say(self, error: str) -> None:
@@ -295,7 +295,7 @@ class ParamsDialog(ModalScreen[int | None]):
         """Enter on a checkpoint picks it and moves to the params; it never submits."""
         if self.editable:
             self.query_one(f"#param-{self.editable[0]}", Input).focus()
-        self._check_soon(0)
+        self._check_soon(0.01)
 
     @on(OptionList.OptionHighlighted)
     def _moved(self) -> None:
@@ -318,10 +318,9 @@ class ParamsDialog(ModalScreen[int | None]):
         self.action_cancel()
 
 
-def lr_preview(plan: ForkPlan, width: int = 44) -> str:
+def lr_preview(plan: ForkPlan, width: int = 26) -> str:
     """Two lines: the typed LR is the peak, what the child starts at, and its planned LR from the fork step on."""
     start = fmt_float(plan.start_lr)
-    end = plan.plan[-1][1] if plan.plan else None
-    return (f"learning_rate {fmt_float(plan.peak_lr)} is the schedule's peak; at step {plan.step} the child "
-            f"uses {start}\nLR {plan.step}→{plan.total_steps}: {start} {sparkline(plan.plan, width, plan.peak_lr)} "
-            f"{fmt_float(end)}")
+    end = fmt_float(plan.plan[-1][1] if plan.plan else None)
+    return (f"learning_rate {fmt_float(plan.peak_lr)} is the schedule's peak, not the child's LR:\n"
+            f"child's LR {plan.step}→{plan.total_steps}: {sparkline(plan.plan, width, plan.peak_lr)} {start}→{end}")
