@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -147,6 +148,7 @@ class ParamsDialog(ModalScreen[int | None]):
         self._steps: list[int | None] = []
         self._busy = False
         self._check_timer: Any = None
+        self._checks = 0  # checks asked so far: only the latest one's answer is shown
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog params-dialog"):
@@ -225,19 +227,22 @@ class ParamsDialog(ModalScreen[int | None]):
         except ValueError as e:
             self._show_check(None, str(e))
             return
-        self._run_check(params, self._step())
+        self._checks += 1
+        self._run_check(params, self._step(), self._checks)
 
-    @work(thread=True, exclusive=True, group="check")
-    def _run_check(self, params: dict[str, Any], step: int | None) -> None:
+    @work(thread=True, group="check")
+    def _run_check(self, params: dict[str, Any], step: int | None, seq: int) -> None:
         assert self.check is not None
-        try:
-            plan, error = self.check(params, step), ""
-        except SweepError as e:
-            plan, error = None, str(e)
-        self.app.call_from_thread(self._show_check, plan, error)
+        plan, error = _answer(lambda: self.check(params, step))  # type: ignore[misc]
+        self._back(self._show_check, plan, error, seq)
 
-    def _show_check(self, plan: ForkPlan | None, error: str) -> None:
-        if not self.is_mounted:
+    def _back(self, fn: Callable[..., None], *args: Any) -> None:
+        """Hand a worker's answer to the UI thread; the app may have closed meanwhile (nobody to tell)."""
+        with contextlib.suppress(RuntimeError):
+            self.app.call_from_thread(fn, *args)
+
+    def _show_check(self, plan: ForkPlan | None, error: str, seq: int) -> None:
+        if not self.is_mounted or seq != self._checks:  # an older check answering late
             return
         self.plan = plan
         if not self._busy:
@@ -270,15 +275,10 @@ class ParamsDialog(ModalScreen[int | None]):
                 " (the trial checkpoints at its next step)" if self.trial is not None and self._step() is None else ""))
         self._run_submit(params, self._step())
 
-    @work(thread=True, exclusive=True, group="submit")
+    @work(thread=True, group="submit")
     def _run_submit(self, params: dict[str, Any], step: int | None) -> None:
-        try:
-            number, error = self.submit(params, step), ""
-        except SweepError as e:
-            number, error = None, str(e)
-        except Exception as e:  # never let a command take the UI down
-            number, error = None, f"{type(e).__name__}: {e}"
-        self.app.call_from_thread(self._submitted, number, error)
+        number, error = _answer(lambda: self.submit(params, step))
+        self._back(self._submitted, number, error)
 
     def _submitted(self, number: int | None, error: str) -> None:
         self._busy = False
@@ -316,6 +316,17 @@ class ParamsDialog(ModalScreen[int | None]):
     @on(Button.Pressed, "#cancel")
     def _cancel(self) -> None:
         self.action_cancel()
+
+
+def _answer(ask: Callable[[], Any]) -> tuple[Any, str]:
+    """(the engine's answer, "") or (None, its one-line refusal); any other error too: a worker's exception would
+    take the app down."""
+    try:
+        return ask(), ""
+    except SweepError as e:
+        return None, str(e)
+    except Exception as e:
+        return None, f"{type(e).__name__}: {e}"
 
 
 def lr_preview(plan: ForkPlan, width: int = 26) -> str:
