@@ -4,6 +4,7 @@ with the app calling the engine directly, and as `tui-tuner attach` does, over t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +15,9 @@ import pytest
 import textual.app
 import textual.pilot
 from optuna.trial import TrialState
+from textual.widgets import Input
 
+from tests.test_ui_snapshots import TRIALS, FakeSweep
 from tui_tuner import Preset, Sweep
 from tui_tuner.ui.app import TuiTunerApp
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, QuitScreen
@@ -134,7 +137,7 @@ async def open_fork_dialog(pilot: textual.pilot.Pilot, sweep: Sweep) -> None:
     """Once trial 0 has trained a little and has a checkpoint, press f on it (the selected row)."""
     await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
     await pilot.press("f")
-    await until(pilot, lambda: isinstance(pilot.app.screen, ParamsDialog))
+    await until(pilot, lambda: isinstance(pilot.app.screen, ParamsDialog) and bool(pilot.app.screen.query(Input)))
 
 
 async def test_fork_creates_child_of_selected_trial(sweep: Sweep) -> None:
@@ -163,13 +166,24 @@ async def test_fork_dialog_keeps_invalid_edits_on_screen_with_the_reason(sweep: 
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:
         await open_fork_dialog(pilot, sweep)
-        app.screen.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
+        dialog = app.screen
+        dialog.query_one("#param-max_steps").value = ""  # type: ignore[attr-defined]
+        dialog.query_one("#param-weight_decay").value = "0.25"  # type: ignore[attr-defined]
         await pilot.press("ctrl+s")
-        await pilot.pause()
-        assert isinstance(app.screen, ParamsDialog)  # not dismissed: the user can fix the value
-        assert str(app.screen.query_one("#dialog-error").render()) == "params: set max_steps or epochs"
+        # The engine refused it: the dialog stays, with the reason and every edit.
+        await until(pilot, lambda: str(dialog.query_one("#dialog-error").render())
+                    == "fork: params: set max_steps or epochs" and not dialog._busy)
+        assert app.screen is dialog
+        assert dialog.query_one("#param-weight_decay").value == "0.25"  # type: ignore[attr-defined]
         with sweep.study_lock:
             assert not any(t.user_attrs.get("origin") == "fork" for t in sweep.study.get_trials(deepcopy=False))
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is not dialog)
+        # ...and it is in the Events panel, for this client as for any other.
+        await pilot.press("4")
+        await until(pilot, lambda: any(e.kind == "refused" for e in app.query_one("EventLogPanel").events))
+        (ev,) = [e for e in app.query_one("EventLogPanel").events if e.kind == "refused"]
+        assert ev.message == "fork of trial 0 refused: params: set max_steps or epochs"
 
 
 async def test_plus_raises_concurrency(sweep: Sweep) -> None:
@@ -298,3 +312,130 @@ async def test_event_log_shows_decisions_not_routine_checkpoints() -> None:
         text = "\n".join(line.text for line in panel.lines)
         assert "started" in text and "failed" in text and "killed" in text
         assert "trial 0: checkpoint\n" not in text + "\n" and panel.last_seq == 4
+
+
+async def test_enter_in_the_fork_dialog_picks_and_moves_on_only_ctrl_s_forks(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_fork_dialog(pilot, sweep)
+        dialog = app.screen
+        await pilot.press("down", "enter")  # the newest checkpoint, picked
+        await until(pilot, lambda: getattr(app.focused, "id", None) == "param-learning_rate")
+        await pilot.press("enter", "enter")  # Enter in a field moves to the next one
+        assert app.screen is dialog and app.focused is not None and app.focused.id != "param-learning_rate"
+        # The engine's check previews the child from the picked checkpoint: the LR typed is the schedule's peak.
+        picked = sweep.trial(0).checkpoints[-1].step
+        await until(pilot, lambda: dialog.plan is not None and dialog.plan.step == picked)
+        preview = str(dialog.query_one("#lr-preview").render())
+        assert "is the schedule's peak" in preview and f"child's LR {picked}→" in preview
+        assert not any(t.parent == 0 for t in sweep.trials())  # nothing was forked by Enter
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: app.screen is not dialog)
+        child = next(t for t in sweep.trials() if t.parent == 0)
+        assert child.fork_step == picked
+
+
+async def test_every_param_a_fork_may_change_is_editable_and_shape_params_say_why(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await open_fork_dialog(pilot, sweep)
+        dialog = app.screen
+        for name in ("schedule", "batch_size", "lora_dropout", "adam_beta1", "adam_beta2", "max_grad_norm",
+                     "weight_decay", "warmup_steps", "max_steps", "learning_rate"):
+            assert not dialog.query_one(f"#param-{name}").disabled, name
+        for name in ("lora_r", "lora_target_modules"):
+            row = dialog.query_one(f"#param-{name}").parent
+            assert dialog.query_one(f"#param-{name}").disabled
+            assert "changes the trained tensors" in str(row.query_one(".param-why").render())
+        assert not dialog.query("#param-freeze_layers")  # LoRA never reads it
+        dialog.query_one("#param-schedule").value = "wsd"  # type: ignore[attr-defined]
+        dialog.query_one("#param-adam_beta2").value = "0.95"  # type: ignore[attr-defined]
+        dialog.query_one("#param-max_steps").value = "30000"  # type: ignore[attr-defined]
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: any(t.parent == 0 for t in sweep.trials()))
+        child = next(t for t in sweep.trials() if t.parent == 0)
+        assert {k: child.overrides[k] for k in ("schedule", "adam_beta2", "max_steps")} == \
+            {"schedule": "wsd", "adam_beta2": 0.95, "max_steps": 30000}
+        await until(pilot, lambda: app.screen is not dialog)
+
+
+async def test_new_trial_takes_the_prefilled_values_exactly(sweep: Sweep) -> None:
+    app = app_for(sweep)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: running(sweep, 0) and app.query_one("TrialsTable").selected == 0)
+        lr = sweep.trial(0).params["learning_rate"]
+        assert len(repr(lr)) > 8  # a sampled float: 6 significant digits would change it
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ParamsDialog) and bool(app.screen.query("#param-lora_r")))
+        assert not app.screen.query_one("#param-lora_r").disabled  # a new trial builds its own tensors
+        await pilot.press("enter")  # moves to the next field; submits nothing
+        assert isinstance(app.screen, ParamsDialog)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: any(t.origin == "enqueue" for t in sweep.trials()))
+        new = next(t for t in sweep.trials() if t.origin == "enqueue")
+        assert new.params["learning_rate"] == lr  # exactly, not 6 digits
+
+
+async def test_palette_has_one_keys_entry_and_the_panels() -> None:
+    app = TuiTunerApp(FakeSweep(), live=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        commands = {c.title: c for c in app.get_system_commands(app.screen)}
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert titles.count("Keys") == 1
+        assert {"Panel: Loss (1)", "Panel: LR (2)", "Panel: System (3)", "Panel: Events (4)"} <= set(commands)
+        commands["Panel: Events (4)"].callback()
+        assert app.panel == "events"
+        commands["Panel: LR (2)"].callback()
+        assert app.panel == "lr"
+        await pilot.pause()
+
+
+class LayoutSweep(FakeSweep):
+    """The snapshot tests' fixed sweep, with a queued trial the sampler has yet to draw (no plan) and a pruned
+    trial that never wrote a checkpoint."""
+
+    def snapshot(self) -> Any:
+        snap = super().snapshot()
+        return dataclasses.replace(snap, trials=tuple(dataclasses.replace(t, checkpoints=()) if t.number == 3 else t
+                                                      for t in snap.trials))
+
+    def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
+        return [] if TRIALS[n].state == "waiting" else super().lr_plan(n, points)
+
+
+async def _select(pilot: textual.pilot.Pilot, n: int) -> None:
+    table = pilot.app.query_one("TrialsTable")
+    for _ in range(10):
+        if table.selected == n:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"trial {n} never selected")
+
+
+async def test_lr_panel_of_a_fork_and_of_a_queued_trial() -> None:
+    from tui_tuner.ui.charts import LrChart
+
+    app = TuiTunerApp(LayoutSweep(), live=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        await _select(pilot, 4)  # a fork of #1 at step 400
+        await pilot.pause()
+        chart = app.query_one(LrChart)
+        plan, parent, own = chart._datasets
+        assert min(plan.x) >= 400 and max(parent.x) <= 400 and min(own.x) > 400  # the child's plan from its fork
+        assert "parent #1 to step 400" in chart._x_label and not chart.note
+        await _select(pilot, 5)  # queued; learning_rate and weight_decay are drawn when it starts
+        await pilot.pause()
+        assert chart.note == ("#5 is queued: its LR schedule is known once the sampler draws learning_rate, "
+                              "weight_decay (when it starts)")
+        assert chart.query_one("#chart-note").display
+
+
+async def test_fork_of_a_trial_without_a_checkpoint_is_refused_before_the_dialog() -> None:
+    app = TuiTunerApp(LayoutSweep(), live=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _select(pilot, 3)
+        await pilot.press("f")
+        await pilot.pause()
+        assert not isinstance(app.screen, ParamsDialog)
+        assert [n.message for n in app._notifications] == ["cannot fork trial #3: it is pruned and has no checkpoint"]

@@ -9,8 +9,11 @@ from typing import Any
 
 from tui_tuner import Preset
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.snapshot import STATES, CheckpointView, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.system import SystemSample
+from tui_tuner.params import TrialParams
+from tui_tuner.training.schedules import planned_lrs
 from tui_tuner.ui.app import TuiTunerApp
 
 T0 = 1_700_000_000.0
@@ -88,6 +91,14 @@ class FakeSweep:
     def set_concurrency(self, k: int) -> None: ...
     def enqueue(self, params: dict[str, Any]) -> int: return 6
     def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None) -> int: return 6
+
+    def check_fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None,
+                   points: int = 200) -> ForkPlan:
+        at = TRIALS[n].step if step is None else step
+        p = TrialParams.model_validate({**PRESET.params.model_dump(), **TRIALS[n].params, **(params or {})})
+        end = p.max_steps or 1000
+        return ForkPlan(step=at, now=step is None, total_steps=end, peak_lr=p.learning_rate,
+                        plan=tuple(planned_lrs(p, end, points, start=at)))
     def stop(self, timeout: float | None = None) -> None: ...
 
 
@@ -122,5 +133,16 @@ def test_system_tab_80x24(snap_compare: Any) -> None:
     assert snap_compare(_app(), press=["3"], terminal_size=(80, 24))
 
 
+async def _until_previewed(pilot: Any) -> None:
+    """Trial 1 selected, f, then wait for the engine's check (a thread) to fill the LR preview."""
+    await pilot.press("down", "f")
+    for _ in range(200):
+        await pilot.pause(0.02)
+        found = pilot.app.screen.query("#lr-preview")
+        if found and str(found.first().render()):
+            return
+    raise AssertionError("the fork dialog's LR preview never came")
+
+
 def test_fork_dialog(snap_compare: Any) -> None:
-    assert snap_compare(_app(), press=["down", "f"], terminal_size=(80, 24))
+    assert snap_compare(_app(), run_before=_until_previewed, terminal_size=(80, 24))

@@ -70,3 +70,10 @@ def error_line(e: BaseException) -> str:
     """'Type: first line', for errors whose type says what went wrong (OSError, RuntimeError from torch...)."""
     text = str(e).strip()
     return f"{type(e).__name__}: {first_line(e)}" if text else type(e).__name__
+
+
+def fmt_exact(v: Any) -> str:
+    """A param value to edit and send back unchanged: floats at full precision (repr round-trips), "none"."""
+    if v is None:
+        return "none"
+    return repr(v) if isinstance(v, float) else str(v)

@@ -18,11 +18,13 @@ from tui_tuner.api.wire import (
     API_VERSION,
     PREFIX,
     event_from_wire,
+    fork_plan_from_wire,
     snapshot_from_wire,
     system_from_wire,
 )
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
 
 if TYPE_CHECKING:
@@ -364,6 +366,13 @@ class RemoteSweep:
         # A fork of a running trial waits for it to write a checkpoint: give it the engine's own patience.
         return int(self._command("POST", f"/trials/{n}/fork", {"step": step, "params": params or {}},
                                  timeout=660)["trial"])
+
+    def check_fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None,
+                   points: int = 200) -> ForkPlan:
+        """What `fork` would do, or its refusal (CommandError), without acting."""
+        return fork_plan_from_wire(self.client.request("POST", f"/trials/{n}/check_fork", params={"points": points},
+                                                       json={"step": step, "params": params or {}},
+                                                       timeout=SERIES_TIMEOUT_S))
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the engine to stop (every trial checkpoints and is interrupted) and wait until it has."""

@@ -30,6 +30,7 @@ from tui_tuner.api.wire import (
     PREFIX,
     dumps,
     event_to_wire,
+    fork_plan_to_wire,
     snapshot_bytes,
     system_to_wire,
     trial_to_wire,
@@ -197,16 +198,17 @@ class Api:
         return reply({"trial": n, "done": verb})
 
     async def fork(self, request: Request) -> Response:
-        n = _int(request.path_params["n"], "trial")
-        body = await _body(request)
-        step = body.get("step")
-        if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
-            raise ApiRequestError(400, f"step: want an integer or null, got {step!r}")
-        params = _params(body)
+        n, step, params = await _fork_args(request)
         from starlette.concurrency import run_in_threadpool
 
         child = await run_in_threadpool(self._call, self.sweep.fork, n, step=step, params=params)
         return reply({"trial": child, "parent": n})
+
+    async def check_fork(self, request: Request) -> Response:
+        """The fork's plan, or its refusal (409), checked without acting: a read, so it wakes no client."""
+        n, step, params = await _fork_args(request)
+        points = _int(request.query_params.get("points", "200"), "points", low=1)
+        return reply(fork_plan_to_wire(self._call(self.sweep.check_fork, n, step, params, points, command=False)))
 
     async def enqueue(self, request: Request) -> Response:
         params = _params(await _body(request))
@@ -238,11 +240,21 @@ class Api:
             Route(f"{p}/series", self.series_many),
             Route(f"{p}/trials/{{n}}/series", self.series), Route(f"{p}/trials/{{n}}/lr_plan", self.lr_plan),
             Route(f"{p}/trials/{{n}}/fork", self.fork, methods=["POST"]),
+            Route(f"{p}/trials/{{n}}/check_fork", self.check_fork, methods=["POST"]),
             Route(f"{p}/trials/{{n}}/{{verb}}", self.trial_command, methods=["POST"]),
             Route(f"{p}/trials", self.enqueue, methods=["POST"]),
             Route(f"{p}/concurrency", self.concurrency, methods=["PUT"]),
             Route(f"{p}/stop", self.stop, methods=["POST"]),
         ]
+
+
+async def _fork_args(request: Request) -> tuple[int, int | None, dict[str, Any]]:
+    n = _int(request.path_params["n"], "trial")
+    body = await _body(request)
+    step = body.get("step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        raise ApiRequestError(400, f"step: want an integer or null, got {step!r}")
+    return n, step, _params(body)
 
 
 def _series_args(request: Request) -> tuple[str, int | None]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.lifecycle import TrialState
 from tui_tuner.engine.snapshot import CheckpointView, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.system import GpuSample, SystemSample
@@ -84,6 +85,15 @@ def event_to_wire(ev: Event) -> dict[str, Any]:
 
 def event_from_wire(d: dict[str, Any]) -> Event:
     return Event(**_known(Event, d))
+
+
+def fork_plan_to_wire(p: ForkPlan) -> dict[str, Any]:
+    return dataclasses.asdict(p)
+
+
+def fork_plan_from_wire(d: dict[str, Any]) -> ForkPlan:
+    d = _known(ForkPlan, d)
+    return ForkPlan(**{**d, "plan": tuple((int(s), float(lr)) for s, lr in d.get("plan", ()))})
 
 
 def system_to_wire(s: SystemSample | None) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tui_tuner.engine import resume as resume_mod
 from tui_tuner.engine.backend import Backend, TorchBackend
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event, EventLog
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
@@ -351,8 +352,9 @@ class Sweep:
         """A trial with these params runs next (before new sampler proposals); searched params it does not
         name are sampled, as with Optuna's enqueue_trial. Returns its trial number. A trial `by_user` is not
         pruned unless the preset's `study.prune_user_trials` says so."""
-        values = self._validated({**self.preset.params.model_dump(), **params}, "enqueue")
-        number = self._enqueue(values, {"origin": "enqueue", "by_user": by_user}, fixed=set(params))
+        with self._refusals("enqueue", None):
+            values = self._validated({**self.preset.params.model_dump(), **params}, "enqueue")
+            number = self._enqueue(values, {"origin": "enqueue", "by_user": by_user}, fixed=set(params))
         self.events.emit("enqueued", number, f"trial {number} enqueued with {params}", params=params)
         return number
 
@@ -365,11 +367,44 @@ class Sweep:
              by_user: bool = True) -> int:
         """A new trial of the study continuing from trial n's checkpoint (weights, optimizer, schedule, data
         position) with `params` overriding the parent's; returns the child's trial number."""
+        params = dict(params or {})
+        with self._refusals("fork", n):
+            parent, values = self._fork_values(n, params)
+            source = self._fork_source(parent, step)
+            self._fork_end(source.step, values)
+            number = self._fork_from(parent, source, values, by_user=by_user)
+        self.events.emit("forked", number, f"trial {number} forked from trial {n} at step {source.step}"
+                         + (f" with {params}" if params else ""), parent=n, step=source.step, params=params)
+        return number
+
+    def check_fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None,
+                   points: int = 200) -> ForkPlan:
+        """What `fork(n, step, params)` would do, checked as it checks, without acting (no checkpoint is written,
+        no trial made, no event): the same SweepError when it would refuse, else the child's plan."""
+        parent, values = self._fork_values(n, dict(params or {}))
+        now = step is None and parent.active
+        at = parent.step if now else self._existing_checkpoint(parent, step).step
+        end = self._fork_end(at, values)
+        return ForkPlan(step=at, now=now, total_steps=end, peak_lr=values.learning_rate,
+                        plan=tuple(planned_lrs(values, end, points, start=at)))
+
+    @contextlib.contextmanager
+    def _refusals(self, what: str, n: int | None) -> Iterator[None]:
+        """A refused command is said in the event log too (every client's Events panel), then raised."""
+        try:
+            yield
+        except SweepError as e:
+            subject = f"fork of trial {n}" if what == "fork" else "new trial"
+            self.events.emit("refused", n, f"{subject} refused: {str(e).removeprefix(what + ': ')}",
+                             command=what)
+            raise
+
+    def _fork_values(self, n: int, params: dict[str, Any]) -> tuple[TrialRun, TrialParams]:
+        """The parent and the child's params, or the SweepError saying why there can be no such child."""
         parent = self.registry.get(n)
         if parent is None or parent.params is None:
             raise SweepError(f"fork: no trial {n} in this sweep" if parent is None
                              else f"fork: trial {n} has not started yet")
-        params = dict(params or {})
         unknown = set(params) - PARAM_NAMES
         if unknown:
             raise SweepError(f"fork: unknown hyperparameter(s) {sorted(unknown)}")
@@ -379,16 +414,14 @@ class Sweep:
         if changed_shape:
             raise SweepError(f"fork: cannot change {', '.join(changed_shape)}: it changes the trained tensors, "
                              "so the parent's weights and optimizer state would not fit (start a new trial instead)")
-        values = self._validated({**old, **params}, "fork")
-        source = self._fork_source(parent, step)
+        return parent, self._validated({**old, **params}, "fork")
+
+    def _fork_end(self, step: int, values: TrialParams) -> int:
         end = self.backend.total_steps(values)
-        if source.step >= end:
-            raise SweepError(f"fork: the checkpoint at step {source.step} is already at the trial's end "
+        if step >= end:
+            raise SweepError(f"fork: the checkpoint at step {step} is already at the trial's end "
                              f"(step {end}): raise max_steps (or epochs) to continue it")
-        number = self._fork_from(parent, source, values, by_user=by_user)
-        self.events.emit("forked", number, f"trial {number} forked from trial {n} at step {source.step}"
-                         + (f" with {params}" if params else ""), parent=n, step=source.step, params=params)
-        return number
+        return end
 
     def _fork_from(self, parent: TrialRun, source: CheckpointInfo, values: TrialParams, *, by_user: bool,
                    **extra: Any) -> int:
@@ -407,6 +440,10 @@ class Sweep:
                 if parent.active:
                     raise
                 # It ended meanwhile: its final checkpoint (below) is the latest.
+        return self._existing_checkpoint(parent, step)
+
+    def _existing_checkpoint(self, parent: TrialRun, step: int | None) -> CheckpointInfo:
+        """The checkpoint at `step` (None: the latest) of those the parent has written."""
         available = list_checkpoints(parent.trial_dir)
         if not available:
             raise SweepError(f"fork: trial {parent.number} has no checkpoint")
@@ -582,10 +619,25 @@ class Sweep:
         return run.history.series[key].points(max_points) if run else []
 
     def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
+        """Trial n's planned LR from step 0; [] while it is unknown (a queued trial whose searched params the
+        sampler has yet to draw)."""
         run = self.registry.get(n)
-        if run is None or run.params is None:
+        if run is None:
             return []
-        return planned_lrs(run.params, run.total or self.backend.total_steps(run.params), points)
+        params = run.params or self._queued_params(run)
+        if params is None:
+            return []
+        return planned_lrs(params, run.total or self.backend.total_steps(params), points)
+
+    def _queued_params(self, run: TrialRun) -> TrialParams | None:
+        """A waiting trial's params when nothing is left to sample (a fork, an enqueue naming every searched
+        param); None otherwise."""
+        if run.state is not S.WAITING or not set(self.preset.search) <= run.searched.keys():
+            return None
+        try:
+            return TrialParams.model_validate({**self.preset.params.model_dump(), **run.searched, **run.overrides})
+        except ValidationError:
+            return None
 
     def events_since(self, seq: int = 0) -> list[Event]:
         return self.events.since(seq)

@@ -41,8 +41,8 @@ def _wsd(t: int, span: int, decay_fraction: float, lo: float) -> float:
     return lo + (1 - lo) * max(0.0, 1 - (t - decay_start + 1) / decay_steps)
 
 
-def planned_lrs(p: TrialParams, total_steps: int, points: int = 200) -> list[tuple[int, float]]:
-    """The whole planned LR curve, sampled at about `points` steps (for the LR panel)."""
-    stride = max(1, total_steps // points)
-    steps = [*range(0, total_steps, stride), total_steps - 1]
+def planned_lrs(p: TrialParams, total_steps: int, points: int = 200, start: int = 0) -> list[tuple[int, float]]:
+    """The planned LR curve from `start` (a fork's step) to the end, sampled at about `points` steps."""
+    stride = max(1, (total_steps - start) // points)
+    steps = [*range(start, total_steps, stride), total_steps - 1]
     return [(s, p.learning_rate * lr_factor(s, p, total_steps)) for s in dict.fromkeys(steps)]

@@ -27,7 +27,7 @@ from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_
 from tui_tuner.ui.alerts import KINDS, LABELS, Alert, AlertWatcher
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.detail import TrialDetailScreen
-from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, ParamsRequest, QuitScreen, editable_params
+from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, QuitScreen, param_rows
 from tui_tuner.ui.event_log import EventLogPanel
 from tui_tuner.ui.help import HelpScreen
 from tui_tuner.ui.messages import CommandDone, EngineEvent, SweepLoaded
@@ -271,7 +271,8 @@ class TuiTunerApp(App[int]):
     @on(Tabs.TabActivated)
     def _tab_changed(self, event: Tabs.TabActivated) -> None:
         if event.tab.id:
-            self.action_panel(event.tab.id.removeprefix("tab-"))
+            with contextlib.suppress(NoMatches):  # a tab change that lands while the app closes
+                self.action_panel(event.tab.id.removeprefix("tab-"))
 
     # -- helpers -------------------------------------------------------------------------------
     def _debounced(self, what: str) -> bool:
@@ -377,32 +378,35 @@ class TuiTunerApp(App[int]):
         if t.state == "waiting":
             self.notify(f"trial #{t.number} has not started yet", severity="error")
             return
-
-        def answer(req: ParamsRequest | None) -> None:
-            if req is not None:
-                self._background("fork", lambda: self.source.fork(t.number, step=req.step, params=req.params))
-
+        if not t.active and not t.checkpoints:  # said now, not after the params are edited
+            self.notify(f"cannot fork trial #{t.number}: it is {t.state} and has no checkpoint", severity="error")
+            return
+        n, source, preset = t.number, self.source, self.source.preset
         self.push_screen(ParamsDialog(
-            f"Fork trial #{t.number} (step {t.step}): the child continues from the checkpoint with these params",
-            self._values(t), editable_params(self.source.preset.search, self.source.preset.model.method),
-            frozenset(), trial=t,
-            confirm_label="Fork"), answer)
+            f"Fork trial #{n} (at step {t.step}): a new trial from its checkpoint",
+            self._values(t), param_rows(preset.search, preset.model.method, fork=True), frozenset(),
+            submit=lambda params, step: source.fork(n, step=step, params=params),
+            check=lambda params, step: source.check_fork(n, step=step, params=params, points=120),
+            trial=t, confirm_label="Fork"), lambda child: self._created("fork", child))
 
     def action_new_trial(self) -> None:
         if self._debounced("new"):
             return
         n = self.query_one(TrialsTable).selected
         t = next((x for x in self.snap.trials if x.number == n), None) if self.snap else None
-        search = self.source.preset.search
-
-        def answer(req: ParamsRequest | None) -> None:
-            if req is not None:
-                self._background("enqueue", lambda: self.source.enqueue(req.params))
-
+        source, preset = self.source, self.source.preset
         self.push_screen(ParamsDialog(
             "New trial: runs next with these params" + (f" (pre-filled from #{t.number})" if t else ""),
-            self._values(t if t is not None and t.params else None), editable_params(search, None),
-            frozenset(search), confirm_label="Enqueue"), answer)
+            self._values(t if t is not None and t.params else None),
+            param_rows(preset.search, preset.model.method, fork=False), frozenset(preset.search),
+            submit=lambda params, _step: source.enqueue(params), confirm_label="Enqueue"),
+            lambda number: self._created("enqueue", number))
+
+    def _created(self, what: str, number: int | None) -> None:
+        """A dialog's trial was made (its refusals stay in the dialog, and in Events)."""
+        if number is not None:
+            self.notify(f"{what}: trial #{number}")
+            self.refresh_view()
 
     def action_concurrency(self, delta: int) -> None:
         if self._debounced(f"concurrency{delta}"):
@@ -502,7 +506,12 @@ class TuiTunerApp(App[int]):
         return exit_code(self.stop_signal) if self.stop_signal is not None else 0
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        # Textual's own "Keys" (the focused widget's bindings) beside ours made two entries of one name.
+        yield from (c for c in super().get_system_commands(screen) if c.title != "Keys")
+        for i, p in enumerate(PANELS):
+            name = "LR" if p == "lr" else p.capitalize()
+            yield SystemCommand(f"Panel: {name} ({i + 1})", f"Show the {name} panel",
+                                lambda p=p: self.action_panel(p))  # type: ignore[misc]
         for title, help_text, action in (
             ("Pause / resume trial", "Pause the selected trial, or resume it if paused", self.action_pause_resume),
             ("Kill trial", "Kill the selected trial (asks first)", self.action_kill),
@@ -513,7 +522,7 @@ class TuiTunerApp(App[int]):
             ("Sort trials", "Cycle the table's sort column", self.action_sort),
             ("Toggle log-y", "Log scale for the loss chart", self.action_log_y),
             ("Trial detail", "All params, user attrs and checkpoints of the selected trial", self.action_detail),
-            ("Keys", "Show every key", self.action_help),
+            ("Keys", "Every key of tui-tuner and what it does (?)", self.action_help),
             ("Quit sweep", "Checkpoint and stop running trials, then exit", self.action_quit),
         ):
             yield SystemCommand(title, help_text, action)

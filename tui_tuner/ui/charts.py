@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Sequence
 
 from rich.console import RenderableType
+from textual.app import ComposeResult
+from textual.css.query import NoMatches
+from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
 from tui_tuner.engine.snapshot import SweepSnapshot
@@ -17,6 +21,7 @@ SELECTED = "bold bright_yellow"
 OTHER = "grey42"
 EVAL = "bold bright_cyan"
 PLANNED = "grey50"
+PARENT = "blue"  # a fork's curve before its fork step: its parent's
 
 
 class LogAxisFormatter(NumericAxisFormatter):
@@ -100,25 +105,76 @@ class LossChart(Chart):
 
 
 class LrChart(Chart):
-    """The selected trial's LR so far over its whole planned schedule (dim)."""
+    """The selected trial's LR so far over its planned schedule (dim); a fork's curve up to its fork step is its
+    parent's (drawn apart, named in the legend), and its plan starts at the fork step."""
+
+    DEFAULT_CSS = """
+    LrChart > #chart-note { layer: legend; width: 100%; height: auto; padding: 0 1; display: none; }
+    """
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
-        self._plans: dict[tuple[int, int | None], list[tuple[int, float]]] = {}
+        self._plans: dict[tuple[int, int | None, str], list[tuple[int, float]]] = {}
+        self.note = ""  # said instead of a curve (a queued trial without a plan yet)
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+        yield Static("", id="chart-note")
+
+    def _say(self, note: str) -> None:
+        self.note = note
+        with contextlib.suppress(NoMatches):
+            label = self.query_one("#chart-note", Static)
+            label.update(note)
+            label.display = bool(note)
 
     def draw(self, source: SweepSource, snap: SweepSnapshot, selected: int | None) -> None:
         self.clear()
         self.set_y_formatter(SciAxisFormatter())
+        self._say("")
         if selected is None:
             return
         trial = next((t for t in snap.trials if t.number == selected), None)
-        key = (selected, trial.total_steps if trial else None)
+        key = (selected, trial.total_steps if trial else None, trial.state if trial else "")
         if key not in self._plans:
             self._plans[key] = source.lr_plan(selected, self.max_points)
-        xs, ys = _xy(self._plans[key])
+        plan = self._plans[key]
+        fork_step = trial.fork_step if trial is not None and trial.parent is not None else None
+        if fork_step is not None:  # the child's schedule means nothing before it existed
+            plan = [(s, lr) for s, lr in plan if s >= fork_step]
+        xs, ys = _xy(plan)
         if xs:
             self.plot(xs, ys, line_style=PLANNED, hires_mode=HiResMode.BRAILLE)
-        xs, ys = _xy(source.series(selected, "lr", self.max_points))
+        actual = source.series(selected, "lr", self.max_points)
+        if fork_step is not None:
+            xs, ys = _xy([(s, lr) for s, lr in actual if s <= fork_step])
+            if xs:
+                self.plot(xs, ys, line_style=PARENT, hires_mode=HiResMode.BRAILLE)
+            actual = [(s, lr) for s, lr in actual if s > fork_step]
+        xs, ys = _xy(actual)
         if xs:
             self.plot(xs, ys, line_style=SELECTED, hires_mode=HiResMode.BRAILLE)
-        self.set_xlabel(f"step · LR of #{selected} (planned dim)")
+        if trial is not None and trial.state == "waiting" and not plan:
+            missing = [k for k in source.preset.search if k not in trial.params]
+            self._say(f"#{selected} is queued: its LR schedule is known once the sampler draws "
+                      f"{', '.join(missing) or 'its params'} (when it starts)")
+        if fork_step is not None:
+            self.set_xlabel(f"step · LR #{selected} bright, parent #{trial.parent} to step {fork_step} blue, "  # type: ignore[union-attr]
+                            "plan dim")
+        else:
+            self.set_xlabel(f"step · LR of #{selected} (planned dim)")
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(points: Sequence[tuple[float, float]], width: int, top: float) -> str:
+    """`width` bars of the values as a share of `top` (an LR plan against its peak), bucket-averaged."""
+    ys = [y for _, y in points]
+    if not ys or width < 1 or top <= 0:
+        return ""
+    out = []
+    for i in range(min(width, len(ys))):
+        lo, hi = i * len(ys) // min(width, len(ys)), (i + 1) * len(ys) // min(width, len(ys))
+        share = sum(ys[lo:hi]) / max(1, hi - lo) / top
+        out.append(BARS[max(0, min(len(BARS) - 1, round(share * (len(BARS) - 1))))])
+    return "".join(out)

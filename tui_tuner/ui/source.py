@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.snapshot import SweepSnapshot
 from tui_tuner.engine.system import SystemSample
 from tui_tuner.preset import Preset
@@ -29,6 +30,8 @@ class SweepSource(Protocol):
     def concurrency(self) -> int: ...
     def enqueue(self, params: dict[str, Any]) -> int: ...
     def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None) -> int: ...
+    def check_fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None,
+                   points: int = 200) -> ForkPlan: ...
     def stop(self, timeout: float | None = None) -> None: ...
 
 
