@@ -156,7 +156,7 @@ def test_a_killed_worker_is_noticed_and_its_restart_continues_its_trials(workers
 
 def test_a_client_of_either_worker_sees_both_and_pauses_a_trial_on_the_other(workers: Workers,
                                                                             tmp_path: Path) -> None:
-    from tui_tuner.api.client import RemoteSweep
+    from tui_tuner.api.client import CommandError, RemoteSweep
 
     long = {"params": {"max_steps": 3000}, "study": {"n_trials": 4, "concurrency": 1}, "checkpoints": {"interval": 20}}
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
@@ -185,5 +185,9 @@ def test_a_client_of_either_worker_sees_both_and_pauses_a_trial_on_the_other(wor
               30, "worker a's view shows it paused")
         client.resume_trial(theirs.number)
         until(lambda: at_b()["state"] == "running", 30, "resumed on worker b")
+        plan = client.check_fork(theirs.number, params={"learning_rate": 1e-3})  # checked by worker b
+        assert plan.now and plan.peak_lr == 1e-3 and plan.total_steps == 3000
+        with pytest.raises(CommandError, match="lora_r"):  # worker b's own refusal, through worker a
+            client.check_fork(theirs.number, params={"lora_r": 64})
     finally:
         client.close()

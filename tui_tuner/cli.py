@@ -157,14 +157,14 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
     from tui_tuner.engine.sweep import Sweep
     from tui_tuner.preset import Preset, PresetError, resolve_preset_path
 
-    if args.n_trials is not None:
-        check_n_trials(args.n_trials)
-    if args.cmd == "resume":
-        return Sweep.open(args.run_dir, n_trials=args.n_trials, resume_paused=args.resume_paused)
     if args.cmd == "worker":
         from tui_tuner.worker import open_worker
 
         return open_worker(args)
+    if args.n_trials is not None:
+        check_n_trials(args.n_trials)
+    if args.cmd == "resume":
+        return Sweep.open(args.run_dir, n_trials=args.n_trials, resume_paused=args.resume_paused)
     path = resolve_preset_path(args.preset)
     preset = Preset.load(path, args.overrides)
     if args.n_trials is not None:

@@ -18,8 +18,9 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.api.client import ApiClient, CommandError, NotRunning
-from tui_tuner.api.wire import snapshot_from_wire
+from tui_tuner.api.wire import fork_plan_from_wire, snapshot_from_wire
 from tui_tuner.engine.errors import SweepError
+from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.lifecycle import TrialState
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.study_gateway import WORKER_ATTR, state_of
@@ -121,19 +122,27 @@ class Federation:
         body = self._send(n, f"/trials/{n}/fork", {"step": step, "params": params or {}}, timeout=660)
         return int(body["trial"])
 
+    def check_fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None,
+                   points: int = 200) -> ForkPlan:
+        if self._is_local(n):
+            return self.local.check_fork(n, step, params, points)
+        return fork_plan_from_wire(self._send(n, f"/trials/{n}/check_fork", {"step": step, "params": params or {}},
+                                              timeout=PEER_TIMEOUT_S, query={"points": points}))
+
     def _route(self, n: int, verb: str, here: Any) -> None:
         if self._is_local(n):
             here()
         else:
             self._send(n, f"/trials/{n}/{verb}", None)
 
-    def _send(self, n: int, path: str, body: Any, timeout: float | None = None) -> Any:
+    def _send(self, n: int, path: str, body: Any, timeout: float | None = None,
+              query: dict[str, Any] | None = None) -> Any:
         worker = self._owner(n)
         client = self._client_for(worker) if worker is not None else None
         if client is None:
             raise SweepError(self._unreachable(n, worker))
         try:
-            return client.request("POST", path, json=body, timeout=timeout)
+            return client.request("POST", path, json=body, params=query, timeout=timeout)
         except NotRunning:
             raise SweepError(f"trial {n} runs on worker {worker.id} ({worker.host}), which no longer "  # type: ignore[union-attr]
                              "answers") from None
