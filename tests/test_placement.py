@@ -177,3 +177,20 @@ def test_cpu_machines_place_nothing(tmp_path):
         assert all(t.device == "cpu" and t.need_bytes is None for t in sweep.trials())
     finally:
         sweep.stop(timeout=30)
+
+
+def test_the_estimate_from_the_config_covers_what_a_trial_holds_and_grows_with_the_batch():
+    from tui_tuner.params import TrialParams
+    from tui_tuner.preset import DataSection
+    from tui_tuner.training.finetune import FineTune, prepare_data
+    from tui_tuner.training.memory_estimate import estimate_bytes
+
+    params = TrialParams(max_steps=2, batch_size=8, lora_r=4)
+    _, data = prepare_data("builtin:tiny-llama", DataSection(train="builtin:progressions", max_length=40))
+    ft = FineTune("builtin:tiny-llama", "lora", params, data, "cpu")
+    ft.step()
+    small = estimate_bytes("builtin:tiny-llama", "lora", params, 40, 8)
+    assert small > ft.own_bytes()
+    assert estimate_bytes("builtin:tiny-llama", "lora", params, 40, 16) > small
+    assert estimate_bytes("builtin:tiny-llama", "full", params, 40, 8) > small  # every weight trains
+    ft.close()

@@ -24,7 +24,7 @@ def _counts(name: str, method: str, lora_r: int, targets: str, freeze: int, trus
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust)
         if method in ("lora", "adalora"):
-            params = TrialParams(lora_r=lora_r, lora_target_modules=targets)
+            params = TrialParams(max_steps=100, lora_r=lora_r, lora_target_modules=targets)
             model = get_peft_model(model, adapter_config(method, params, 100))
         else:
             freeze_layers(model, freeze)
