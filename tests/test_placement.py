@@ -194,3 +194,21 @@ def test_the_estimate_from_the_config_covers_what_a_trial_holds_and_grows_with_t
     assert estimate_bytes("builtin:tiny-llama", "lora", params, 40, 16) > small
     assert estimate_bytes("builtin:tiny-llama", "full", params, 40, 8) > small  # every weight trains
     ft.close()
+
+
+def test_without_nvml_placement_reads_torchs_view_of_free_memory(monkeypatch):
+    import pynvml
+    import torch
+
+    from tui_tuner.engine.gpu_inventory import TorchInventory, default_inventory
+
+    def no_nvml() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_nvml)
+    inventory = default_inventory(lambda i: 0)
+    assert isinstance(inventory, TorchInventory)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: ((10 * G, 80 * G), (70 * G, 80 * G))[i])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i: (20 * G, 0)[i])
+    assert inventory.read() == [GpuReading(0, 80 * G, 10 * G, 50 * G), GpuReading(1, 80 * G, 70 * G, 10 * G)]

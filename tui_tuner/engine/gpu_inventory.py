@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,26 @@ def _by_uuid(nv: Any, prefix: str, count: int) -> Any:
         if (uuid.decode() if isinstance(uuid, bytes) else uuid).startswith(prefix):
             return h
     raise ValueError(f"CUDA_VISIBLE_DEVICES names {prefix}, which NVML does not list")
+
+
+class TorchInventory:
+    """Where NVML cannot be read (no nvidia-ml-py, a driver without it): torch's own view of free memory.
+    It cannot tell other processes apart, so whatever this process's allocator does not hold counts as foreign."""
+
+    def read(self) -> list[GpuReading]:
+        import torch
+
+        out = []
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            out.append(GpuReading(i, int(total), int(free), max(0, total - free - torch.cuda.memory_reserved(i))))
+        return out
+
+
+def default_inventory(own_bytes: Any) -> Inventory:
+    """NVML when it can be read, else torch's view (logged once: placement still works, foreign memory is coarse)."""
+    try:
+        return NvmlInventory(own_bytes)
+    except Exception as e:  # ImportError, NVMLError, OSError: no NVML, but CUDA works
+        log.warning("GPU placement reads free memory through torch: NVML is not available (%s)", e)
+        return TorchInventory()

@@ -35,7 +35,7 @@ from tui_tuner.engine import resume as resume_mod
 from tui_tuner.engine.backend import Backend, TorchBackend
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event, EventLog
-from tui_tuner.engine.gpu_inventory import Inventory, NvmlInventory
+from tui_tuner.engine.gpu_inventory import Inventory, default_inventory
 from tui_tuner.engine.gpu_pool import GpuPool
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
@@ -133,7 +133,7 @@ class Sweep:
         p = self.preset
         if p.device.type == "cpu" or self.backend.cuda_devices() == 0:
             return None
-        inventory = self._inventory or NvmlInventory(own_bytes=self.backend.gpu_reserved)
+        inventory = self._inventory or default_inventory(self.backend.gpu_reserved)
         gpus = p.device.gpus if isinstance(p.device.gpus, list) else None
         micro = p.params.batch_size
 
