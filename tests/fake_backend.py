@@ -26,9 +26,8 @@ class FakeStep:
 
 
 class FakeTrainer:
-    device = "cpu"
-
-    def __init__(self, params: TrialParams, step_s: float, gate: threading.Event | None):
+    def __init__(self, params: TrialParams, step_s: float, gate: threading.Event | None, device: str = "cpu"):
+        self.device = device
         self.params = params
         self.batch_size = params.batch_size or 8
         self.step_count = 0
@@ -63,8 +62,10 @@ class FakeTrainer:
 class FakeBackend:
     """`step_s` paces the steps so commands land mid-run; clearing `gate` holds every trial between steps."""
 
-    def __init__(self, step_s: float = 0.002):
+    def __init__(self, step_s: float = 0.002, gpus: int = 0, need: int = 1 << 30):
         self.step_s = step_s
+        self.gpus = gpus  # CUDA devices it claims: the engine then places trials (on a fake inventory)
+        self.need = need  # every trial's estimated GPU need
         self.gate = threading.Event()
         self.gate.set()
         self.built: list[tuple[int, int]] = []  # (max_steps, restored step) per build
@@ -75,8 +76,9 @@ class FakeBackend:
     def total_steps(self, params: TrialParams) -> int:
         return params.max_steps or 10
 
-    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None) -> FakeTrainer:
-        t = FakeTrainer(params, self.step_s, self.gate)
+    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None,
+              device: str | None = None) -> FakeTrainer:
+        t = FakeTrainer(params, self.step_s, self.gate, device or "cpu")
         if resume_from is not None:
             t.step_count = json.loads((resume_from / "state.json").read_text())["step"]
         self.built.append((t.total_steps, t.step_count))
@@ -91,6 +93,15 @@ class FakeBackend:
         (d / INFO_FILE).write_text(json.dumps({"step": trainer.step_count, "eval_loss": eval_loss, "time": now,
                                                "kind": kind}))
         return CheckpointInfo(trainer.step_count, d, eval_loss, now, kind)
+
+    def cuda_devices(self) -> int:
+        return self.gpus
+
+    def estimate_need(self, preset: Preset, params: TrialParams) -> int:
+        return self.need
+
+    def gpu_reserved(self, index: int) -> int:
+        return 0
 
     def is_oom(self, e: BaseException) -> bool:
         return False

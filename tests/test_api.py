@@ -290,3 +290,16 @@ def test_a_bad_listen_address_is_one_line_and_leaves_no_socket(fake_sweep):
         with pytest.raises(ListenError, match="--listen"):
             ApiServer(sweep, listen=bad).start()
         assert not (sweep.run_dir / "control.sock").exists()
+
+
+def test_gpu_placement_fields_cross_the_wire_both_ways():
+    from tui_tuner.engine.snapshot import GpuView, SweepSnapshot, TrialSnapshot
+
+    t = TrialSnapshot(number=3, state="waiting", step=0, total_steps=10, params={}, overrides={},
+                      need_bytes=30 << 30, wait_reason="waiting for GPU memory: needs 30.0G, most free 24.0G on cuda:6")
+    snap = SweepSnapshot(study_name="s", sampler="tpe", pruner="none", concurrency=2, n_trials=4, started_at=0.0,
+                         elapsed=1.0, finished=False, trials=(t,),
+                         gpus=(GpuView(0, 80 << 30, 20 << 30, 0, (1, 2)), GpuView(1, 80 << 30, 5 << 30, 75 << 30)))
+    wire = json.loads(snapshot_bytes(snap, {}, lambda x: dumps(trial_to_wire(x))))
+    assert wire["gpus"][0] == {"index": 0, "total": 80 << 30, "free": 20 << 30, "foreign": 0, "trials": [1, 2]}
+    assert snapshot_from_wire(wire, {}) == snap

@@ -77,3 +77,23 @@ def test_sampler_thread_fills_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_system_module_has_no_textual_import() -> None:
     src = Path(system.__file__).read_text()
     assert "textual" not in src
+
+
+def test_system_panel_lists_each_gpu_with_its_trials_and_the_free_memory_placement_uses() -> None:
+    from tui_tuner.engine.snapshot import GpuView, SweepSnapshot, TrialSnapshot
+    from tui_tuner.ui.system_panel import system_text
+
+    g = 1 << 30
+    trials = (TrialSnapshot(number=1, state="running", step=5, total_steps=10, params={}, overrides={},
+                            peak_mem_bytes=9 * g, own_mem_bytes=2 * g, device="cuda:0"),
+              TrialSnapshot(number=2, state="waiting", step=0, total_steps=10, params={}, overrides={},
+                            wait_reason="waiting for GPU memory: needs 30.0G, most free 20.0G on cuda:0"))
+    snap = SweepSnapshot(study_name="s", sampler="tpe", pruner="none", concurrency=2, n_trials=2, started_at=0.0,
+                         elapsed=1.0, finished=False, trials=trials,
+                         gpus=(GpuView(0, 80 * g, 20 * g, 0, (1,)), GpuView(1, 80 * g, 5 * g, 75 * g)))
+    lines = system_text(None, snap, 80).plain.splitlines()
+    assert " cuda:0 free  20.0G/80.0G  other procs     0B  trials #1" in lines
+    assert " cuda:1 free   5.0G/80.0G  other procs  75.0G  trials -" in lines
+    assert " #2 waiting for GPU memory: needs 30.0G, most free 20.0G on cuda:0" in lines
+    assert any(x.startswith(" #1 ") and "own    2.0G" in x for x in lines)
+    assert all(len(x) <= 80 for x in lines)

@@ -160,6 +160,20 @@ class DeviceSection(_Strict):
     type: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     threads_per_trial: int = Field(1, ge=1)
+    gpus: Literal["all"] | list[int] | None = Field(
+        None, description="GPUs trials are placed on: 'all' (the default when CUDA is present) or torch indices "
+        "(after CUDA_VISIBLE_DEVICES); an error on a machine without CUDA")
+    trials_per_gpu: int | None = Field(None, ge=1, description="at most this many trials per GPU; None: as many "
+                                       "as fit in its free memory")
+
+    @model_validator(mode="after")
+    def _gpus_need_cuda(self) -> DeviceSection:
+        if self.type == "cpu" and self.gpus is not None:
+            raise ValueError("gpus is set but device.type = 'cpu': remove device.gpus or use 'auto' or 'cuda'")
+        if isinstance(self.gpus, list) and (not self.gpus or len(set(self.gpus)) != len(self.gpus)
+                                            or min(self.gpus) < 0):
+            raise ValueError("gpus must list each GPU index (0 or more) once, or be 'all'")
+        return self
 
 
 class AlertsSection(_Strict):

@@ -10,7 +10,7 @@ from typing import Any
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.lifecycle import TrialState
-from tui_tuner.engine.snapshot import CheckpointView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import CheckpointView, GpuView, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.system import GpuSample, SystemSample
 
 API_VERSION = 1  # bumped on any change a client of the previous version would misread
@@ -43,7 +43,9 @@ def trial_from_wire(d: dict[str, Any]) -> TrialSnapshot:
 
 
 def snapshot_head(snap: SweepSnapshot) -> dict[str, Any]:
-    return {f.name: getattr(snap, f.name) for f in dataclasses.fields(snap) if f.name != "trials"}
+    head = {f.name: getattr(snap, f.name) for f in dataclasses.fields(snap) if f.name != "trials"}
+    head["gpus"] = [dataclasses.asdict(g) for g in snap.gpus]
+    return head
 
 
 def same_trial(t: TrialSnapshot) -> dict[str, Any]:
@@ -74,9 +76,10 @@ def snapshot_from_wire(d: dict[str, Any], cache: dict[int, TrialSnapshot]) -> Sw
         trials.append(trial)
     for gone in set(cache) - {t.number for t in trials}:
         del cache[gone]
-    fields = _known(SweepSnapshot, {k: v for k, v in d.items() if k != "trials"})
+    fields = _known(SweepSnapshot, {k: v for k, v in d.items() if k not in ("trials", "gpus")})
     fields["workers"] = tuple(fields.get("workers", ()))
-    return SweepSnapshot(**fields, trials=tuple(trials))
+    gpus = tuple(GpuView(**{**_known(GpuView, g), "trials": tuple(g.get("trials", ()))}) for g in d.get("gpus", ()))
+    return SweepSnapshot(**fields, trials=tuple(trials), gpus=gpus)
 
 
 def event_to_wire(ev: Event) -> dict[str, Any]:

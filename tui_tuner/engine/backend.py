@@ -45,8 +45,22 @@ class Backend(Protocol):
         ...
 
     def total_steps(self, params: TrialParams) -> int: ...
-    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None) -> Trainer:
-        """A Trainer for `params`, restored from `resume_from` with `params` applied after the restore."""
+    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None,
+              device: str | None = None) -> Trainer:
+        """A Trainer for `params` on `device` (a placed 'cuda:N'; None: the preset's device.type), restored from
+        `resume_from` with `params` applied after the restore."""
+        ...
+
+    def cuda_devices(self) -> int:
+        """GPUs trials can be placed on (0: none, or device.type = 'cpu')."""
+        ...
+
+    def estimate_need(self, preset: Preset, params: TrialParams) -> int:
+        """A conservative estimate of the GPU memory one trial of `params` peaks at."""
+        ...
+
+    def gpu_reserved(self, index: int) -> int:
+        """Bytes this process's allocator holds on GPU `index`."""
         ...
 
     def save(self, trainer: Trainer, trial_dir: Path, eval_loss: float | None,
@@ -66,21 +80,44 @@ class TorchBackend:
         from tui_tuner.training.finetune import prepare_data
 
         self.set_threads(preset.device.threads_per_trial)
+        from tui_tuner.training.model import check_gpus
+
+        if preset.device.type != "cpu":
+            check_gpus(preset.device.gpus)
         self.tokenizer, self.data = prepare_data(preset.model.name, preset.data, preset.model.trust_remote_code,
                                                  preset.device.type)
         return len(self.data.train)
+
+    def cuda_devices(self) -> int:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    def estimate_need(self, preset: Preset, params: TrialParams) -> int:
+        from tui_tuner.training.finetune import resolved_batch_size
+        from tui_tuner.training.memory_estimate import estimate_bytes
+
+        micro = resolved_batch_size(params, len(self.data.train))
+        return estimate_bytes(preset.model.name, preset.model.method, params, preset.data.max_length, micro,
+                              preset.model.trust_remote_code)
+
+    def gpu_reserved(self, index: int) -> int:
+        import torch
+
+        return int(torch.cuda.memory_reserved(index))
 
     def total_steps(self, params: TrialParams) -> int:
         from tui_tuner.training.finetune import total_steps
 
         return total_steps(params, len(self.data.train))
 
-    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None) -> Trainer:
+    def build(self, preset: Preset, params: TrialParams, resume_from: Path | None,
+              device: str | None = None) -> Trainer:
         from tui_tuner.training import checkpoint as ckpt
         from tui_tuner.training.finetune import FineTune
 
         full = preset.model.method == "full"
-        ft = FineTune(preset.model.name, preset.model.method, params, self.data, preset.device.type,
+        ft = FineTune(preset.model.name, preset.model.method, params, self.data, device or preset.device.type,
                       preset.device.precision, weights_dir=str(resume_from) if (resume_from and full) else None,
                       trust_remote_code=preset.model.trust_remote_code)
         if resume_from:

@@ -65,6 +65,7 @@ class TrialHost(Protocol):
              by_user: bool = True) -> int: ...
     def enqueue(self, params: dict[str, Any], *, by_user: bool = True) -> int: ...
     def trial_ended(self, run: TrialRun) -> None: ...
+    def gpu_oom(self, run: TrialRun) -> None: ...
     def storage_failed(self, message: str) -> None: ...
 
 
@@ -128,7 +129,7 @@ class TrialRunner:
         run, host, p = self.run, self.host, self.host.preset
         assert run.params is not None
         host.backend.set_threads(p.device.threads_per_trial)
-        ft = host.backend.build(p, run.params, run.resume_from)
+        ft = host.backend.build(p, run.params, run.resume_from, run.device if run.gpu is not None else None)
         run.ft = ft
         run.device = str(ft.device)
         if run.params.batch_size is None:
@@ -302,6 +303,7 @@ class TrialRunner:
         assert run.params is not None
         micro = run.ft.batch_size if run.ft is not None else run.params.batch_size
         if oom:
+            self.host.gpu_oom(run)  # the next trial like it is placed with more room
             msg = (f"out of memory at step {run.step} (batch_size={micro}, "
                    f"grad_accum={run.params.grad_accum}): lower batch_size or raise grad_accum")
         else:

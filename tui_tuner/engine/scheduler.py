@@ -4,6 +4,7 @@ resumes, interrupted trials first, then enqueued ones, then the sampler's propos
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -14,8 +15,10 @@ import optuna
 from optuna.trial import TrialState as OptunaState
 from pydantic import ValidationError
 
+from tui_tuner.engine.gpu_pool import GpuPool
 from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
+from tui_tuner.engine.placement import Wait
 from tui_tuner.engine.study_gateway import ELAPSED_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.format import error_line
@@ -36,6 +39,7 @@ class Command:
 
 
 WAKE = Command("wake")
+GPU_RECHECK_S = 2.0  # how often free GPU memory is re-read: other processes free memory without telling us
 
 
 class SchedulerHost(Protocol):
@@ -43,6 +47,7 @@ class SchedulerHost(Protocol):
     gateway: StudyGateway
     lifecycle: Lifecycle
     registry: TrialRegistry
+    gpu_pool: GpuPool | None
 
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Any: ...
     def prepare_asked(self, trial: optuna.Trial, attrs: dict[str, Any], params: TrialParams) -> TrialRun: ...
@@ -65,6 +70,7 @@ class Scheduler:
         self.started_at = time.time()
         self.time_used = 0.0  # seconds the study ran in earlier sessions: study.timeout counts on from there
         self._relaunch: list[TrialRun] = []  # interrupted trials to continue, first in line
+        self._placing: list[TrialRun] = []  # asked or interrupted trials no GPU has room for yet, in order
         self._resume_pending: dict[int, int | None] = {}  # resumes waiting for a slot (paused_frees_slot), in
         # order, each with its pause token
         self._q: queue.SimpleQueue[Command] = queue.SimpleQueue()
@@ -100,6 +106,10 @@ class Scheduler:
         self._q.put(Command("stop"))
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        for run in self._placing:
+            if run.state is S.WAITING:  # asked, waiting for a GPU: RUNNING in the study, resume starts it
+                self.host.lifecycle.move(run, S.INTERRUPTED, f"trial {run.number} interrupted by the sweep stop "
+                                         "while it waited for GPU memory")
 
     @property
     def alive(self) -> bool:
@@ -142,9 +152,10 @@ class Scheduler:
     def _time_left(self) -> float | None:
         t = self.host.preset.study.timeout
         left = None if t is None else t - self.elapsed()
+        recheck = GPU_RECHECK_S if self.host.gpu_pool is not None else None
         if left is None or left <= 0 or self.sampled >= self.host.preset.study.n_trials:
-            return None  # nothing to wait for but commands
-        return left + 0.01
+            return recheck  # nothing to wait for but commands (and GPU memory freeing)
+        return min(left + 0.01, recheck or math.inf)
 
     def _apply(self, c: Command) -> None:
         h = self.host
@@ -183,6 +194,7 @@ class Scheduler:
         if run is None:
             return
         if run.state is S.WAITING:
+            self._placing = [r for r in self._placing if r.number != n]
             h.gateway.cancel_waiting(n)
             run.user_attrs["cancelled_by_user"] = True
             h.lifecycle.move(run, S.CANCELLED, f"trial {n} cancelled by the user before it ran")
@@ -225,6 +237,11 @@ class Scheduler:
                 if run is not None and run.active:
                     run.control.resume(token)
                 continue
+            if self._placing:  # first in line: nothing starts before it, or small trials would starve it
+                if not room or not self._launch(self._placing[0]):
+                    return
+                self._placing.pop(0)
+                continue
             if self._relaunch and (room or (free_paused and self._relaunch[0].control.paused)):
                 self.mark_finished(False)
                 self._launch(self._relaunch.pop(0))
@@ -238,7 +255,9 @@ class Scheduler:
     def _check_finished(self) -> None:
         runs = self.host.registry.all()
         busy = any(r.state in ACTIVE or (r.thread is not None and not r.reaped) for r in runs)
-        if busy or self._relaunch or self._can_start_more() or self.finished.is_set():
+        if self.host.gpu_pool is not None:
+            self.host.gpu_pool.refresh(runs)  # the System panel's view of free memory
+        if busy or self._placing or self._relaunch or self._can_start_more() or self.finished.is_set():
             return
         self.mark_finished(True)
         if self.host.preset.study.timeout is not None:
@@ -279,16 +298,37 @@ class Scheduler:
         finish and at a stop: a crash loses at most the time since the last of these)."""
         self.host.gateway.set_study_attr(ELAPSED_ATTR, round(self.elapsed(), 3))
 
-    def _launch(self, run: TrialRun) -> None:
+    def _launch(self, run: TrialRun) -> bool:
+        """Place and start `run`; False when no GPU has room for it (it then waits first in line)."""
+        if not self._stopped and not self._placed(run):
+            return False
         if self.host.preset.study.timeout is not None:
             self.record_elapsed()
         with self._launch_lock:
             if not self._stopped:
                 self.host.launch(run)
-                return
+                return True
         if run.state is S.WAITING:  # asked while the sweep stopped: RUNNING in the study, resume starts it
             self.host.lifecycle.move(run, S.INTERRUPTED, f"trial {run.number} interrupted by the sweep stop "
                                      "before it started")
+        return True
+
+    def _placed(self, run: TrialRun) -> bool:
+        """Give `run` a GPU (CPU sweeps: nothing to do); else keep it waiting, visibly, first in line."""
+        pool = self.host.gpu_pool
+        if pool is None:
+            return True
+        before = run.wait_reason
+        got = pool.decide(run, self.host.registry.all())
+        if not isinstance(got, Wait):
+            return True
+        if run not in self._placing:
+            self._placing.append(run)
+        if got.reason != before:
+            run.version += 1
+            self.host.emit("gpu_wait", run.number, f"trial {run.number} {got.reason}", need=got.need,
+                           most_free=got.most_free, gpu=got.on)
+        return False
 
     def _fail_invalid(self, trial: optuna.Trial, attrs: dict[str, Any], e: Exception) -> None:
         h, msg = self.host, f"invalid params: {error_line(e)}"

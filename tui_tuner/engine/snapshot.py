@@ -35,6 +35,8 @@ class TrialSnapshot:
     peak_mem_bytes: int | None = None  # CUDA: peak allocated on its GPU; CPU: process RSS; shared by co-located trials
     own_mem_bytes: int | None = None  # its own weights + gradients + optimizer state: exact per trial
     device: str = ""
+    need_bytes: int | None = None  # the GPU memory placement expected it to need
+    wait_reason: str | None = None  # why it has not started ("waiting for GPU memory: needs ...")
     parent: int | None = None
     fork_step: int | None = None
     origin: str = "sampler"  # sampler | enqueue | fork
@@ -50,6 +52,17 @@ class TrialSnapshot:
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """One GPU as placement sees it: the free memory it counts on, and our trials there."""
+
+    index: int
+    total: int
+    free: int  # the driver's free, less what our trials that have not allocated yet were promised
+    foreign: int  # other processes' memory
+    trials: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,3 +83,4 @@ class SweepSnapshot:
     phase: str = "running"  # loading | running | finished | stopping | stopped
     loading: str | None = None  # what start() is loading now ("loading model ..."), while phase is "loading"
     workers: tuple[dict[str, Any], ...] = ()  # a shared study's workers (engine/workers.py WorkerView, as dicts)
+    gpus: tuple[GpuView, ...] = ()  # the GPUs trials are placed on (empty on CPU)

@@ -36,9 +36,12 @@ from tui_tuner.engine.backend import Backend, TorchBackend
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event, EventLog
 from tui_tuner.engine.fork_plan import ForkPlan
+from tui_tuner.engine.gpu_inventory import Inventory, default_inventory
+from tui_tuner.engine.gpu_pool import GpuPool
 from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
+from tui_tuner.engine.need import NeedKey
 from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
@@ -63,7 +66,7 @@ class Sweep:
     def __init__(self, preset: Preset, run_dir: str | Path, storage: str | None = None,
                  n_trials: int | None = None, _resuming: bool = False, backend: Backend | None = None,
                  resume_paused: bool = False, join: bool = False, worker: str | None = None,
-                 concurrency: int | None = None):
+                 concurrency: int | None = None, inventory: Inventory | None = None):
         for key, value in (("n_trials", n_trials), ("concurrency", concurrency)):
             if value is not None:
                 preset = preset.model_copy(update={"study": preset.study.model_copy(update={key: value})})
@@ -93,6 +96,8 @@ class Sweep:
         # (set by the API server before start()).
         self.advertise: dict[str, str | None] = {}
         self.heartbeat: WorkerBeat | None = None
+        self._inventory = inventory  # the GPUs' free memory (NVML by default; tests give a fake one)
+        self.gpu_pool: GpuPool | None = None  # set by start() when there are GPUs to place trials on
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
@@ -113,6 +118,7 @@ class Sweep:
         """Load data and open the study, then return; trials run in background threads."""
         p = self.preset
         self.n_train = self.backend.prepare(p)
+        self.gpu_pool = self._make_gpu_pool()
         if self._stopping:  # stopped while loading (the app's q, a signal): nothing was written, nothing runs
             self._phase, self._loading = "stopped", None
             self.scheduler.mark_finished(True)
@@ -133,6 +139,25 @@ class Sweep:
             self.stop()
             raise
         return self
+
+    def _make_gpu_pool(self) -> GpuPool | None:
+        """GPUs to place trials on: CUDA present and device.type not 'cpu' (CPU machines are unchanged)."""
+        p = self.preset
+        if p.device.type == "cpu" or self.backend.cuda_devices() == 0:
+            return None
+        inventory = self._inventory or default_inventory(self.backend.gpu_reserved)
+        gpus = p.device.gpus if isinstance(p.device.gpus, list) else None
+        micro = p.params.batch_size
+
+        def key(run: TrialRun) -> NeedKey:
+            assert run.params is not None
+            return (p.model.name, p.model.method, run.params.batch_size or micro or 0, p.data.max_length)
+
+        def estimate(run: TrialRun) -> int:
+            assert run.params is not None
+            return self.backend.estimate_need(p, run.params)
+
+        return GpuPool(inventory, gpus, p.device.trials_per_gpu, key, estimate)
 
     def claim(self) -> None:
         """Create the run dir and take its lock (idempotent): two processes must never drive one run. An engine
@@ -577,8 +602,14 @@ class Sweep:
         self.lifecycle.move(run, S.FAILED, f"trial {run.number} failed: {msg}")
 
     def trial_ended(self, run: TrialRun) -> None:
+        if self.gpu_pool is not None:
+            self.gpu_pool.ended(run, run.gpu_shared)
         run.reaped = True
         self.scheduler.wake()
+
+    def gpu_oom(self, run: TrialRun) -> None:
+        if self.gpu_pool is not None:
+            self.gpu_pool.oom(run)
 
     def storage_failed(self, message: str) -> None:
         """A trial thread's storage call failed: the scheduler halts the sweep and interrupts the trials."""
@@ -609,6 +640,7 @@ class Sweep:
             elapsed=(sch.finished_at or time.time()) - sch.started_at, finished=self.finished, trials=trials,
             counts=counts, best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
             halted=sch.halted, phase=phase, loading=self._loading,
+            gpus=self.gpu_pool.last if self.gpu_pool is not None else (),
         )
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:

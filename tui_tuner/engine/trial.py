@@ -45,6 +45,10 @@ class TrialRun:
     peak_mem: int | None = None
     own_mem: int | None = None  # weights + gradients + optimizer state of this trial alone
     device: str = ""  # where it trains: "cpu", "cuda:0"
+    gpu: int | None = None  # the GPU placement gave it (None on CPU)
+    need: int | None = None  # the memory placement expected it to need there
+    gpu_shared: bool = False  # another trial of ours shared its GPU: its peak is not its own
+    wait_reason: str | None = None  # why it waits to start (no GPU has room)
     error: str | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -67,7 +71,7 @@ class TrialRun:
         ask for all trials several times a second, and a long sweep's finished ones never change. `version`
         covers nearly everything; the other fields in the key are the ones set beside a version bump."""
         key = (self.version, self.state, self.control.paused, self.step, self.error, self.finished_at,
-               len(self.checkpoints), len(self.user_attrs))
+               len(self.checkpoints), len(self.user_attrs), self.wait_reason, self.device)
         cached = self._snap
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -83,7 +87,7 @@ class TrialRun:
             loss=last.get("loss"), eval_loss=last.get("eval_loss"), best_eval_loss=self.best_eval,
             lr=last.get("lr"), grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
             mem_bytes=int(last["mem_bytes"]) if "mem_bytes" in last else None, peak_mem_bytes=self.peak_mem,
-            own_mem_bytes=self.own_mem, device=self.device,
+            own_mem_bytes=self.own_mem, device=self.device, need_bytes=self.need, wait_reason=self.wait_reason,
             parent=self.parent, fork_step=self.fork_step, origin=self.origin,
             stopped_by_user=self.state is TrialState.KILLED, pause_requested=self.control.paused, error=self.error,
             started_at=self.started_at, finished_at=self.finished_at,

@@ -115,7 +115,27 @@ def check_device(kind: str) -> None:
                          "False): use 'auto' or 'cpu'")
 
 
+def check_gpus(gpus: str | list[int] | None) -> None:
+    """device.gpus names GPUs this machine has (torch's indices, after CUDA_VISIBLE_DEVICES)."""
+    if gpus is None:
+        return
+    if not torch.cuda.is_available():
+        raise ModelError(f"device.gpus = {gpus!r} but no CUDA device is available (torch.cuda.is_available() is "
+                         "False): remove device.gpus on a machine without CUDA")
+    n = torch.cuda.device_count()
+    missing = [i for i in gpus if i >= n] if isinstance(gpus, list) else []
+    if missing:
+        raise ModelError(f"device.gpus: no GPU {missing[0]} (CUDA sees {n}: cuda:0 to cuda:{n - 1})")
+
+
 def pick_device(kind: str) -> torch.device:
+    """'auto', 'cpu', 'cuda', or a placed GPU 'cuda:N'; a placed GPU becomes this thread's current device, so
+    whatever torch allocates without naming a device (scalers, workspaces) lands there too."""
+    if kind.startswith("cuda:"):
+        check_device("cuda")
+        device = torch.device(kind)
+        torch.cuda.set_device(device)
+        return device
     check_device(kind)
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         return torch.device("cuda", torch.cuda.current_device())

@@ -44,6 +44,15 @@ def system_text(sample: SystemSample | None, snap: SweepSnapshot | None, width: 
         frac = sample.ram_used / sample.ram_total if sample.ram_total else 0.0
         ram = f" {fmt_bytes(sample.ram_used)}/{fmt_bytes(sample.ram_total)}\n"
         t.append(" RAM  ").append(bar(frac, bw)).append(ram)
+    if snap is not None and snap.gpus:
+        t.append("placement", style="bold").append("  free memory trials are placed by\n", style="dim")
+        for g in snap.gpus:
+            on = " ".join(f"#{n}" for n in g.trials) or "-"
+            t.append(f" cuda:{g.index} free {fmt_bytes(g.free):>6}/{fmt_bytes(g.total):<6}"
+                     f" other procs {fmt_bytes(g.foreign):>6}  trials {on}\n")
+        for x in snap.trials:
+            if x.wait_reason:
+                t.append(f" #{x.number} {x.wait_reason}\n", style="yellow")
     if snap is not None:
         active = [x for x in snap.trials if x.peak_mem_bytes is not None and x.state in ("running", "paused")]
         if active:
