@@ -28,7 +28,12 @@ def status_text(snap: SweepSnapshot, preset: str = "") -> Text:
     t.append(state, style="bold red" if snap.halted else "")
     t.append("  ")
     t.append(f"conc {snap.concurrency}", style="bold")
-    t.append(f"  best {best}\n", style="bold green" if snap.best_trial is not None else "")
+    t.append(f"  best {best}", style="bold green" if snap.best_trial is not None else "")
+    if len(snap.workers) > 1:  # a study shared by workers on several boxes: how many, and any gone quiet
+        alive = sum(1 for w in snap.workers if w.get("alive"))
+        lost = sum(1 for w in snap.workers if not w.get("alive") and w.get("phase") != "stopped")
+        t.append(f"  workers {alive}" + (f" ({lost} lost)" if lost else ""), style="bold red" if lost else "")
+    t.append("\n")
     t.append(f" {started} trials, budget {snap.n_trials}: ")
     for label, n in count_words(c):
         t.append(f"{label} {n}  ", style="bold red" if label in ALARMING and n else "")
