@@ -23,6 +23,10 @@ COLUMNS: tuple[tuple[str, str, int | None], ...] = (
 )
 
 
+# Added once a snapshot shows several workers (a shared study): a single box's table stays as it was
+WORKER_COLUMN = ("worker", "worker", 10)
+
+
 def _num(v: float | None) -> float:
     return float("inf") if v is None else v
 
@@ -37,7 +41,8 @@ SORTS: tuple[tuple[str, str, Callable[[TrialSnapshot], Any], bool], ...] = (
 )
 
 
-def trial_cells(t: TrialSnapshot) -> tuple[Any, ...]:
+def trial_cells(t: TrialSnapshot, shared: bool = False) -> tuple[Any, ...]:
+    """`shared`: the study has several workers; the row then also names the one running the trial."""
     state = t.state
     step = "-" if t.state in ("waiting", "cancelled") else f"{t.step}/{t.total_steps or '?'}"
     parent = f"#{t.parent}@{t.fork_step}" if t.parent is not None else ""
@@ -45,7 +50,7 @@ def trial_cells(t: TrialSnapshot) -> tuple[Any, ...]:
     return (Text(str(t.number), justify="right"), Text(state, style=STATE_STYLE.get(t.state, "")),
             Text(step, justify="right"), fmt_float(t.loss, 3), fmt_float(t.eval_loss, 3),
             fmt_float(t.best_eval_loss, 3), fmt_float(t.lr, 2), parent, params, fmt_float(t.tokens_per_s, 0),
-            fmt_bytes(t.peak_mem_bytes))
+            fmt_bytes(t.peak_mem_bytes), *((str(t.user_attrs.get("worker") or ""),) if shared else ()))
 
 
 class TrialsTable(DataTable):
@@ -55,6 +60,7 @@ class TrialsTable(DataTable):
         super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._cells: dict[str, tuple[Any, ...]] = {}
         self._versions: dict[str, tuple[int, str]] = {}
+        self._columns: list[tuple[str, str, int | None]] = list(COLUMNS)
         self._snaps: dict[str, TrialSnapshot] = {}
         self.sort_index = 0
 
@@ -75,6 +81,12 @@ class TrialsTable(DataTable):
         """Apply a snapshot; returns True if any row changed."""
         changed = False
         seen = set()
+        shared = len(snap.workers) > 1 or WORKER_COLUMN in self._columns
+        if shared and WORKER_COLUMN not in self._columns:
+            self._columns.append(WORKER_COLUMN)
+            self.add_column(WORKER_COLUMN[1], width=WORKER_COLUMN[2], key=WORKER_COLUMN[0])
+            self._versions.clear()  # every row gets its worker cell below
+            self._cells = {k: (*v, "") for k, v in self._cells.items()}
         for t in snap.trials:
             key = str(t.number)
             seen.add(key)
@@ -83,12 +95,12 @@ class TrialsTable(DataTable):
                 continue
             self._versions[key] = stamp
             self._snaps[key] = t
-            cells = trial_cells(t)
+            cells = trial_cells(t, shared)
             old = self._cells.get(key)
             if old is None:
                 self.add_row(*cells, key=key)
             else:
-                for (col, _, width), new, prev in zip(COLUMNS, cells, old, strict=True):
+                for (col, _, width), new, prev in zip(self._columns, cells, old, strict=True):
                     if new != prev:
                         # Re-measuring a column costs a screen layout: only when the text outgrows it.
                         grow = width is None and len(str(new)) > self.columns[col].content_width  # type: ignore[index]
@@ -114,7 +126,7 @@ class TrialsTable(DataTable):
         _, col, key_fn, reverse = SORTS[self.sort_index]
         snaps = self._snaps
         self.sort("number", key=lambda cell: key_fn(snaps[cell.plain]), reverse=reverse)
-        for key, text, _ in COLUMNS:
+        for key, text, _ in self._columns:
             self.columns[key].label = Text(text + (" ▼" if key == col and self.sort_index else ""))  # type: ignore[index]
         if selected is not None:
             self.move_cursor(row=self.get_row_index(str(selected)), animate=False, scroll=False)
