@@ -36,7 +36,7 @@ async def test_the_table_names_each_trials_worker_once_the_study_has_several():
 
     def trial(n: int, worker: str) -> TrialSnapshot:
         return TrialSnapshot(number=n, state=TrialState.RUNNING, step=5, total_steps=10, params={}, overrides={},
-                             user_attrs={"worker": worker}, version=1)
+                             user_attrs={"worker": worker}, version=1, device=f"cuda:{3 - n}")
 
     async with One().run_test(size=(200, 10)) as pilot:
         table = pilot.app.query_one(TrialsTable)
@@ -45,6 +45,7 @@ async def test_the_table_names_each_trials_worker_once_the_study_has_several():
         two = ({"id": "boxa-1", "alive": True}, {"id": "boxb-2", "alive": True})
         table.show(_snap(trials=(trial(0, "boxa-1"), trial(1, "boxb-2")), workers=two))
         assert [table.get_cell(str(n), "worker") for n in (0, 1)] == ["boxa-1", "boxb-2"]
+        assert table.get_cell("0", "device") == "g3"  # each trial's GPU beside it (issue 11)
 
 
 @pytest.fixture

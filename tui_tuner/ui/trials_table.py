@@ -17,8 +17,8 @@ STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cy
 
 # key, label, width (None: auto)
 COLUMNS: tuple[tuple[str, str, int | None], ...] = (
-    ("number", "#", 3), ("state", "state", 11), ("step", "step", 9), ("loss", "loss", 5), ("eval", "eval", 5),
-    ("best", "best", 5), ("lr", "lr", 7), ("parent", "fork of", 8), ("params", "params", None),
+    ("number", "#", 3), ("state", "state", 11), ("device", "dev", 4), ("step", "step", 9), ("loss", "loss", 5),
+    ("eval", "eval", 5), ("best", "best", 5), ("lr", "lr", 7), ("parent", "fork of", 8), ("params", "params", None),
     ("tok_s", "tok/s", 6), ("mem", "peak mem", 8),
 )
 
@@ -41,6 +41,11 @@ SORTS: tuple[tuple[str, str, Callable[[TrialSnapshot], Any], bool], ...] = (
 )
 
 
+def short_device(device: str) -> str:
+    """"cuda:3" -> "g3" (a column 4 wide); "cpu" as is; "" before the trial is placed."""
+    return f"g{device.split(':', 1)[1]}" if device.startswith("cuda:") else device
+
+
 def trial_cells(t: TrialSnapshot, shared: bool = False) -> tuple[Any, ...]:
     """`shared`: the study has several workers; the row then also names the one running the trial."""
     state = t.state
@@ -48,7 +53,7 @@ def trial_cells(t: TrialSnapshot, shared: bool = False) -> tuple[Any, ...]:
     parent = f"#{t.parent}@{t.fork_step}" if t.parent is not None else ""
     params = fmt_params({**t.params, **t.overrides})
     return (Text(str(t.number), justify="right"), Text(state, style=STATE_STYLE.get(t.state, "")),
-            Text(step, justify="right"), fmt_float(t.loss, 3), fmt_float(t.eval_loss, 3),
+            short_device(t.device), Text(step, justify="right"), fmt_float(t.loss, 3), fmt_float(t.eval_loss, 3),
             fmt_float(t.best_eval_loss, 3), fmt_float(t.lr, 2), parent, params, fmt_float(t.tokens_per_s, 0),
             fmt_bytes(t.peak_mem_bytes), *((str(t.user_attrs.get("worker") or ""),) if shared else ()))
 
