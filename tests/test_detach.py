@@ -252,8 +252,8 @@ def test_sighup_detaches_the_tui_and_two_attached_clients_see_each_others_pause(
     def rows(session: str) -> dict[int, str]:
         out = {}
         for line in box.screen(session).splitlines():
-            words = line.split()
-            if len(words) >= 3 and words[0].isdigit() and words[1] in ("running", "paused") and "/" in words[2]:
+            words = line.split()  # number, state, device, step/total, ...
+            if len(words) >= 4 and words[0].isdigit() and words[1] in ("running", "paused") and "/" in words[3]:
                 out[int(words[0])] = words[1]
         return out
 

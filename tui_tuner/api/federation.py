@@ -236,6 +236,9 @@ def stored_snapshot(t: FrozenTrial, now: float, stale_after: float) -> TrialSnap
     step = max(int(beat.get("step") or 0), max(t.intermediate_values, default=0))
     finite = [v for v in evals if math.isfinite(v)]
     error = a.get("error") or (a.get(LOST_ATTR) or {}).get("reason")
+    if error is None and t.state == OptunaState.RUNNING and state is TrialState.INTERRUPTED:
+        # not marked lost yet (the next beat of some worker does that): say why it shows interrupted
+        error = f"its worker {a.get(WORKER_ATTR, '?')} stopped beating {now - float(beat.get('t', 0)):.0f}s ago"
     key = (t.state.value, state.value, step, len(evals), len(a), str(beat.get("t")))
     return TrialSnapshot(
         number=t.number, state=state, step=step, total_steps=beat.get("total"), params=dict(t.params),
