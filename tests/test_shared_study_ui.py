@@ -1,4 +1,4 @@
-"""The header and the trials table for a study shared by several workers."""
+"""The header, the trials table and the footer: a shared study's workers, and what fits at 80 columns."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ async def test_the_table_names_each_trials_worker_once_the_study_has_several():
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_help_and_quit_are_in_the_footer_at_80_columns():
+    """A new user at 80x24 must see how to get help and how to leave (issue 14, defect 5)."""
+    from textual.widgets._footer import FooterKey
+
+    from tests.test_ui_snapshots import _app
+
+    async with _app().run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        keys = {k.description: k.region for k in pilot.app.query(FooterKey)}
+        for name in ("Help", "Quit", "Pause/resume", "Kill", "Fork"):
+            assert name in keys and keys[name].right <= 80 and keys[name].width > 0, (name, keys.get(name))

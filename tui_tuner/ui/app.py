@@ -56,13 +56,15 @@ class TuiTunerApp(App[int]):
         Binding("k", "kill", "Kill", id="kill"),
         Binding("f", "fork", "Fork", id="fork"),
         Binding("n", "new_trial", "New", id="new"),
-        Binding("+", "concurrency(1)", "Conc+", id="concurrency.up"),
-        Binding("-", "concurrency(-1)", "Conc-", id="concurrency.down"),
-        Binding("s", "sort", "Sort", id="sort"),
-        Binding("l", "log_y", "Log y", id="log_y"),
-        Binding("enter", "detail", "Detail", id="detail", show=False),
+        # The footer shows keys in this order and cuts the rest at the right edge: Help and Quit come before
+        # the keys an 80-column terminal can do without seeing (all are in ? and the palette).
         Binding("question_mark", "help", "Help", id="help"),
         Binding("q", "quit", "Quit", id="quit"),
+        Binding("s", "sort", "Sort", id="sort"),
+        Binding("+", "concurrency(1)", "Conc+", id="concurrency.up"),
+        Binding("-", "concurrency(-1)", "Conc-", id="concurrency.down"),
+        Binding("l", "log_y", "Log y", id="log_y"),
+        Binding("enter", "detail", "Detail", id="detail", show=False),
         *(Binding(str(i + 1), f"panel('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
           for i, p in enumerate(PANELS)),
     ]
