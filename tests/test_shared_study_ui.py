@@ -65,3 +65,22 @@ async def test_help_and_quit_are_in_the_footer_at_80_columns():
         keys = {k.description: k.region for k in pilot.app.query(FooterKey)}
         for name in ("Help", "Quit", "Pause/resume", "Kill", "Fork"):
             assert name in keys and keys[name].right <= 80 and keys[name].width > 0, (name, keys.get(name))
+
+
+@pytest.mark.anyio
+async def test_tabs_show_their_keys_and_the_loss_title_follows_log_y():
+    """Issue 14, defect 6 (in part): the 1-4 keys are on the tabs; `l` changes what the loss title says."""
+    from textual.widgets import Tabs
+
+    from tests.test_ui_snapshots import _app
+
+    async with _app().run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        labels = [str(t.label) for t in pilot.app.query_one(Tabs).query("Tab")]
+        assert labels == ["1 Loss", "2 LR", "3 System", "4 Events"]
+        loss = pilot.app.query_one("#panel-loss")
+        assert loss.border_title == "Loss (l: log y)"
+        await pilot.press("l")
+        assert loss.border_title == "Loss, log y (l: linear)"
+        await pilot.press("l")
+        assert loss.border_title == "Loss (l: log y)"

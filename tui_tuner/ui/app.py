@@ -48,6 +48,9 @@ CHART_EVERY_S = 2.0  # new data redraws a chart at most this often (selection, l
 CHART_CPU_SHARE = 0.015
 
 
+PANEL_TITLES = {"loss": "Loss", "lr": "LR", "system": "System", "events": "Events"}
+
+
 class TuiTunerApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "tui-tuner"
@@ -101,7 +104,8 @@ class TuiTunerApp(App[int]):
     def compose(self) -> ComposeResult:
         yield StatusLine(preset=self.source.preset.name, id="status")
         yield TrialsTable(id="trials")
-        yield Tabs(*(Tab(p.capitalize() if p != "lr" else "LR", id=f"tab-{p}") for p in PANELS), id="panel-tabs")
+        # Each tab shows its key: 1-4 switch panels (the tabs are the only place a user learns that)
+        yield Tabs(*(Tab(f"{i} {PANEL_TITLES[p]}", id=f"tab-{p}") for i, p in enumerate(PANELS, 1)), id="panel-tabs")
         with Container(id="panels"):
             yield LossChart(id="panel-loss", classes="panel -active")
             yield LrChart(id="panel-lr", classes="panel")
@@ -111,8 +115,9 @@ class TuiTunerApp(App[int]):
 
     def on_mount(self) -> None:
         self.alerts = AlertWatcher(self.source.preset.alerts)
-        for name, title in zip(PANELS, ("Loss (l: log y)", "LR", "System", "Events"), strict=True):
-            self.query_one(f"#panel-{name}").border_title = title
+        for name in PANELS:
+            self.query_one(f"#panel-{name}").border_title = PANEL_TITLES[name]
+        self._title_loss()
         self._accepting = True
         if self._signals:
             on_stop_signals(asyncio.get_running_loop(), self.stop_by_signal)
@@ -422,7 +427,12 @@ class TuiTunerApp(App[int]):
 
     def action_log_y(self) -> None:
         self.log_y = not self.log_y
+        self._title_loss()
         self.refresh_view()
+
+    def _title_loss(self) -> None:
+        """The loss panel's title says which scale it shows and what `l` turns it to."""
+        self.query_one("#panel-loss").border_title = "Loss, log y (l: linear)" if self.log_y else "Loss (l: log y)"
 
     def action_panel(self, name: str) -> None:
         if name not in PANELS:
