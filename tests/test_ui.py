@@ -83,9 +83,9 @@ def study_state(sweep: Sweep, n: int) -> TrialState:
         return sweep.study.get_trials(deepcopy=False)[n].state
 
 
-def running(sweep: Sweep, n: int, min_step: int = 1) -> bool:
+def running(sweep: Sweep, n: int, min_step: int = 1, state: str = "running") -> bool:
     t = next((t for t in sweep.snapshot().trials if t.number == n), None)
-    return t is not None and t.state == "running" and t.step >= min_step
+    return t is not None and t.state == state and t.step >= min_step
 
 
 def app_for(sweep: Sweep) -> TuiTunerApp:
@@ -133,9 +133,9 @@ async def test_kill_cancelled_leaves_trial_running(sweep: Sweep) -> None:
         assert sweep.trial(0).state == "running"
 
 
-async def open_fork_dialog(pilot: textual.pilot.Pilot, sweep: Sweep) -> None:
+async def open_fork_dialog(pilot: textual.pilot.Pilot, sweep: Sweep, state: str = "running") -> None:
     """Once trial 0 has trained a little and has a checkpoint, press f on it (the selected row)."""
-    await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
+    await until(pilot, lambda: running(sweep, 0, min_step=25, state=state) and bool(sweep.trial(0).checkpoints))
     await pilot.press("f")
     await until(pilot, lambda: isinstance(pilot.app.screen, ParamsDialog) and bool(pilot.app.screen.query(Input)))
 
@@ -317,14 +317,21 @@ async def test_event_log_shows_decisions_not_routine_checkpoints() -> None:
 async def test_enter_in_the_fork_dialog_picks_and_moves_on_only_ctrl_s_forks(sweep: Sweep) -> None:
     app = app_for(sweep)
     async with app.run_test(size=(80, 24)) as pilot:
-        await open_fork_dialog(pilot, sweep)
+        # Paused, so that checkpoint rotation (every 20 steps, keep 2) cannot delete the picked one meanwhile;
+        # a running parent's vanished checkpoint is refused inline (test_fork_check).
+        await until(pilot, lambda: running(sweep, 0, min_step=25) and bool(sweep.trial(0).checkpoints))
+        sweep.pause(0)
+        await until(pilot, lambda: sweep.trial(0).state == "paused")
+        await open_fork_dialog(pilot, sweep, state="paused")
         dialog = app.screen
         await pilot.press("down", "enter")  # the newest checkpoint, picked
         await until(pilot, lambda: getattr(app.focused, "id", None) == "param-learning_rate")
         await pilot.press("enter", "enter")  # Enter in a field moves to the next one
         assert app.screen is dialog and app.focused is not None and app.focused.id != "param-learning_rate"
         # The engine's check previews the child from the picked checkpoint: the LR typed is the schedule's peak.
-        picked = sweep.trial(0).checkpoints[-1].step
+        # The newest checkpoint the dialog listed when it opened: trial 0 keeps training and may have saved more.
+        picked = dialog.trial.checkpoints[-1].step
+        assert dialog._step() == picked
         await until(pilot, lambda: dialog.plan is not None and dialog.plan.step == picked)
         preview = str(dialog.query_one("#lr-preview").render())
         assert "is the schedule's peak" in preview and f"child's LR {picked}→" in preview
