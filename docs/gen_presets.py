@@ -9,7 +9,15 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from tui_tuner.params import TrialParams
-from tui_tuner.preset import AlertsSection, CheckpointSection, DataSection, DeviceSection, ModelSection, StudySection
+from tui_tuner.preset import (
+    AlertsSection,
+    CheckpointSection,
+    DataSection,
+    DeviceSection,
+    ModelSection,
+    PbtSection,
+    StudySection,
+)
 
 HEADER = "| field | type | default | notes |\n|---|---|---|---|\n"
 
@@ -34,7 +42,7 @@ def render() -> str:
     return TEMPLATE.format(
         model=table(ModelSection), data=table(DataSection), params=table(TrialParams),
         study=table(StudySection), checkpoints=table(CheckpointSection), device=table(DeviceSection),
-        alerts=table(AlertsSection),
+        alerts=table(AlertsSection), pbt=table(PbtSection),
     )
 
 

@@ -25,6 +25,7 @@ from tui_tuner.report import (
     wrap,
 )
 from tui_tuner.signals import exit_code
+from tui_tuner.state_words import lineage_words
 from tui_tuner.ui.alerts import Alert, AlertWatcher
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def details(ev: Event, t: TrialSnapshot | None) -> str:
     if t is None:
         return ""
     if ev.kind == "started":
-        fork = f" (fork of #{t.parent}@{t.fork_step})" if t.parent is not None else ""
+        fork = f" ({lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)})" if t.parent is not None else ""
         return f": {fmt_params(t.params)}{fork}" if t.params else fork
     if ev.kind in ("complete", "pruned", "killed"):
         took = f", {t.finished_at - t.started_at:.0f}s" if t.finished_at and t.started_at else ""

@@ -16,11 +16,14 @@ import tomli_w
 from pydantic import AllowInfNan, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tui_tuner.format import utf8_problem
-from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message
+from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message, shape_params
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
 BUILTIN_DATA = "builtin:progressions"
+# Params PBT never explores besides the shape ones: they set how long the run is, which data and init it sees, or
+# whose state a clone could not take over (the optimizer's, the model's).
+PBT_FIXED = frozenset({"max_steps", "epochs", "seed", "eval_interval", "eval_batches", "optimizer", "model_name"})
 
 
 class PresetError(ValueError):
@@ -148,6 +151,42 @@ class StudySection(_Strict):
     retry_oom: bool = Field(True, description="re-queue a CUDA-OOM trial with half the micro-batch, 2x accumulation")
     stale_after: float = Field(60.0, ge=3, description="a shared --storage: seconds without a heartbeat after which "
                                "another worker's running trials are marked interrupted")
+    strategy: Literal["optuna", "pbt", "promote"] = Field(
+        "optuna", description="optuna: sampler + pruner; pbt: population-based training ([pbt]; the pruner is not "
+        "used); promote: train [promote] configs to t1 steps, continue the best top_k to max_steps")
+
+
+class PbtSection(_Strict):
+    """Population-based training (Jaderberg et al. 2017), as Ray Tune's PBT does it: every `interval` steps a
+    member in the bottom `quantile` of those that reached that step clones a top member (weights and optimizer
+    state, through a fork) and explores new values of the params in `explore`."""
+
+    population: int | None = Field(None, ge=2, description="members started by the sampler; None: study.n_trials")
+    interval: int = Field(50, ge=1, description="steps between exploit/explore decisions")
+    quantile: float = Field(0.25, gt=0, le=0.5, description="bottom share that clones the top share")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="chance a param is drawn again from its "
+                                        "search range instead of perturbed")
+    perturb: list[float] = Field([0.8, 1.2], min_length=1, description="factors a float or int param is "
+                                 "multiplied by (a categorical moves to a neighbouring choice)")
+    explore: list[str] | None = Field(None, description="params to explore; None: every searched param a fork "
+                                      "may change (not shapes, the optimizer, max_steps, seed)")
+    seed: int = 0
+
+    @field_validator("perturb")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(f <= 0 for f in v):
+            raise ValueError("perturb factors must be > 0")
+        return v
+
+
+class PromoteSection(_Strict):
+    """Multi-fidelity promotion: `configs` sampler trials train to `t1` steps (the sampler sees each at its t1
+    eval), then the `top_k` best by that eval continue from their own t1 checkpoints to max_steps."""
+
+    configs: int | None = Field(None, ge=2, description="configurations trained to t1; None: study.n_trials")
+    t1: int = Field(description="steps of the first rung (e.g. 20% of max_steps)", ge=1)
+    top_k: int = Field(ge=1, description="configurations continued to max_steps")
 
 
 class CheckpointSection(_Strict):
@@ -197,8 +236,57 @@ class Preset(_Strict):
     checkpoints: CheckpointSection = Field(default_factory=CheckpointSection)
     device: DeviceSection = Field(default_factory=DeviceSection)
     alerts: AlertsSection = Field(default_factory=AlertsSection)
+    pbt: PbtSection = Field(default_factory=PbtSection)
+    promote: PromoteSection | None = None
 
     _name = field_validator("name")(_file_name)
+
+    @model_validator(mode="after")
+    def _strategy(self) -> Preset:
+        """Strategy settings that cannot work are load-time errors, not a sweep that quietly does something else."""
+        s = self.study
+        if s.strategy == "pbt":
+            pop = self.pbt.population
+            if pop is not None and pop != s.n_trials:
+                raise ValueError(f"pbt.population: {pop} but study.n_trials is {s.n_trials}: PBT's sampler "
+                                 "budget is its population; set one of them")
+            if s.n_trials < 2:
+                raise ValueError("study.n_trials: PBT needs a population of 2 or more")
+            if not self.pbt_explored():
+                raise ValueError("pbt.explore: nothing to explore: search at least one param a fork may change "
+                                 "(learning_rate, weight_decay, ...)")
+            for name in self.pbt.explore or []:
+                if name not in self.search:
+                    raise ValueError(f"pbt.explore: {name} is not searched: PBT explores within [search.{name}]")
+                if name in PBT_FIXED or name in shape_params(self.model.method):
+                    raise ValueError(f"pbt.explore: {name} cannot change mid-run (a fork may not change it)")
+        if s.strategy == "promote":
+            pr = self.promote
+            if pr is None:
+                raise ValueError("promote: study.strategy = 'promote' needs a [promote] section with t1 and top_k")
+            configs = pr.configs or s.n_trials
+            if pr.configs is not None and pr.configs != s.n_trials:
+                raise ValueError(f"promote.configs: {pr.configs} but study.n_trials is {s.n_trials}: set one of them")
+            if pr.top_k >= configs:
+                raise ValueError(f"promote.top_k: {pr.top_k} is not fewer than the {configs} configurations")
+            steps = self.params.max_steps
+            if steps is None or pr.t1 >= steps or ("max_steps" in self.search):
+                raise ValueError(f"promote.t1: must be below a fixed params.max_steps (got t1 = {pr.t1}, "
+                                 f"max_steps = {steps}{', searched' if 'max_steps' in self.search else ''})")
+        return self
+
+    def pbt_explored(self) -> list[str]:
+        """The params PBT perturbs: pbt.explore, or every searched param a fork may change mid-run."""
+        if self.pbt.explore is not None:
+            return list(self.pbt.explore)
+        fixed = PBT_FIXED | shape_params(self.model.method)
+        return [k for k in self.search if k not in fixed]
+
+    @property
+    def strategy_label(self) -> str:
+        """What decides which trials stop early, for headers: the pruner, or the strategy that replaces it."""
+        s = self.study
+        return {"pbt": "pbt", "promote": f"{s.pruner}+promote"}.get(s.strategy, s.pruner)
 
     @model_validator(mode="after")
     def _search_names(self) -> Preset:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
-from tui_tuner.state_words import count_words
+from tui_tuner.state_words import count_words, lineage_words
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -110,7 +110,8 @@ def progress_table(snap: SweepSnapshot, width: int | None = None) -> str:
              titles + ("  params" if len(titles) + 8 <= width else "")]  # else k=v on its own line says it
     for t in snap.trials:
         cells = row([cell(t) for _, _, cell in cols])
-        params = fmt_params(t.params) + (f"  fork of #{t.parent}@{t.fork_step}" if t.parent is not None else "")
+        lineage = lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)
+        params = fmt_params(t.params) + (f"  {lineage}" if lineage else "")
         if not params:
             lines.append(cells)
         elif len(cells) + 2 + len(params) <= width:

@@ -29,3 +29,13 @@ def count_words(counts: Mapping[str, int]) -> list[tuple[str, int]]:
         if always or n:
             out.append((label, n))
     return out
+
+
+def lineage_words(origin: str, parent: int | None, fork_step: int | None, attrs: Mapping[str, object]) -> str:
+    """Where a trial came from, in words ("" for the sampler's and the user's new trials): a user's fork, or a
+    PBT clone and the member it replaced."""
+    if parent is None:
+        return ""
+    if origin == "pbt":
+        return f"PBT clone of #{parent}@{fork_step}, replacing #{attrs.get('pbt_replaces')}"
+    return f"fork of #{parent}@{fork_step}"

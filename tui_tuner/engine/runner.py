@@ -20,6 +20,7 @@ from tui_tuner.engine.control import Killed, Stopped
 from tui_tuner.engine.jsonl import JsonlWriter
 from tui_tuner.engine.lifecycle import Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
+from tui_tuner.engine.pbt import Exploit, Pbt
 from tui_tuner.engine.run_dir import RunDir
 from tui_tuner.engine.study_gateway import StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRun
@@ -48,6 +49,14 @@ class Diverged(RuntimeError):
     """The train loss became NaN or infinite."""
 
 
+class Replaced(optuna.TrialPruned):
+    """PBT replaced this member by a clone of a better one: it ends PRUNED, with why in its attrs."""
+
+    def __init__(self, message: str, attrs: dict[str, Any]):
+        super().__init__(message)
+        self.attrs = attrs
+
+
 class TrialHost(Protocol):
     """What a trial thread may use of the sweep (the Sweep implements it); nothing else of it."""
 
@@ -61,8 +70,11 @@ class TrialHost(Protocol):
     @property
     def stopping(self) -> bool: ...
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Any: ...
+    pbt: Pbt | None
+
     def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None, *,
              by_user: bool = True) -> int: ...
+    def pbt_step(self, run: TrialRun) -> tuple[Exploit, int] | None: ...
     def enqueue(self, params: dict[str, Any], *, by_user: bool = True) -> int: ...
     def trial_ended(self, run: TrialRun) -> None: ...
     def gpu_oom(self, run: TrialRun) -> None: ...
@@ -87,8 +99,8 @@ class TrialRunner:
                 self._finish_killed()
             except Stopped:
                 self._finish_interrupted()
-            except optuna.TrialPruned:
-                self._finish_pruned()
+            except optuna.TrialPruned as e:
+                self._finish_pruned(e)
             except StorageError:
                 raise  # the study's storage broke, not this trial: below
             except Exception as e:  # a failing trial must not take the sweep down
@@ -142,6 +154,7 @@ class TrialRunner:
             where = f" from step {ft.step_count}" if run.resume_from else ""
             self._end(S.RUNNING, f"trial {run.number} started{where}", params=run.searched)
         interval, ck_every = run.params.eval_interval, p.checkpoints.interval
+        pbt = host.pbt if run.origin in ("sampler", "pbt") else None  # the user's own trials are not members
         while not ft.done:
             run.control.boundary(self._on_pause, self._on_resume)
             m = ft.step()
@@ -158,19 +171,23 @@ class TrialRunner:
             if run.own_mem is None:  # the optimizer's state exists from the first step on
                 run.own_mem = ft.own_bytes()
             eval_loss, best_before = None, run.best_eval
-            if m.step % interval == 0 or ft.done:
+            boundary = pbt is not None and pbt.is_boundary(m.step, ft.total_steps)
+            if m.step % interval == 0 or ft.done or boundary:
                 eval_loss = self._evaluate()
                 if not math.isfinite(eval_loss):
                     raise Diverged(f"eval loss is {eval_loss} at step {m.step}: diverged, or the eval split has "
                                    "no target tokens (check data.max_length against the prompts' length)")
                 if not ft.done:
                     self._maybe_prune()
-            periodic = bool(ck_every) and m.step % ck_every == 0
+            # A PBT boundary saves too: the clone a worse member makes of this one starts from it.
+            periodic = (bool(ck_every) and m.step % ck_every == 0) or boundary
             new_best = (p.checkpoints.keep_best and eval_loss is not None
                         and (best_before is None or eval_loss < best_before))
             if (periodic or new_best) and not ft.done:  # the final step is saved below in any case
                 self._checkpoint(eval_loss, "periodic" if periodic else "best")
             run.version += 1  # new metrics: clients redraw this trial
+            if boundary and not run.control.paused:
+                self._pbt_boundary()
         if run.step == run.start_step:  # restored at its last step (a crash before the tell): nothing ran
             self._evaluate()
         self._checkpoint(run.last.get("eval_loss"), "final")
@@ -199,6 +216,17 @@ class TrialRunner:
                 self.host.gateway.report(run.trial, value, ft.step_count)
                 run.has_report = True
         return value
+
+    def _pbt_boundary(self) -> None:
+        """Bottom of the population at this step: a clone of a top member takes this one's place."""
+        got = self.host.pbt_step(self.run)
+        if got is None:
+            return
+        d, child = got
+        why = (f"PBT: bottom of {d.ranked} at step {d.step} (eval {d.loser_score:.4g}), replaced by trial {child}, "
+               f"a clone of trial {d.donor} (eval {d.donor_score:.4g})")
+        raise Replaced(f"trial {self.run.number} replaced at step {d.step} by trial {child} (PBT: clone of trial "
+                       f"{d.donor})", {"pbt_replaced_by": child, "pruned_reason": why})
 
     def _maybe_prune(self) -> None:
         run = self.run
@@ -260,12 +288,13 @@ class TrialRunner:
         self._tell(OptunaState.PRUNED)
         self._end(S.KILLED, f"trial {run.number} killed by the user at step {run.step}")
 
-    def _finish_pruned(self) -> None:
+    def _finish_pruned(self, e: optuna.TrialPruned) -> None:
         run = self.run
-        self._set_attrs(pruned_at_step=run.step)
+        extra = e.attrs if isinstance(e, Replaced) else {"pruned_reason": str(e) or "pruned"}
+        self._set_attrs(pruned_at_step=run.step, **extra)
         self._tell(OptunaState.PRUNED)
-        self._end(S.PRUNED, f"trial {run.number} pruned at step {run.step} "
-                  f"(eval loss {run.last.get('eval_loss', math.nan):.4f})")
+        what = str(e) if isinstance(e, Replaced) else f"trial {run.number} pruned at step {run.step}"
+        self._end(S.PRUNED, f"{what} (eval loss {run.last.get('eval_loss', math.nan):.4f})")
 
     def _finish_interrupted(self, because: str = "the sweep stop") -> None:
         """The sweep is stopping: checkpoint, and leave the trial RUNNING in Optuna with where to continue from.

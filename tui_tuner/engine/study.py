@@ -47,6 +47,8 @@ def make_sampler(preset: Preset, seed_offset: int = 0) -> optuna.samplers.BaseSa
 
 def make_pruner(preset: Preset, max_resource: int) -> optuna.pruners.BasePruner:
     s = preset.study
+    if s.strategy == "pbt":  # PBT stops (replaces) members itself; a pruner would stop them on its own rules
+        return optuna.pruners.NopPruner()
     match s.pruner:
         case "none":
             return optuna.pruners.NopPruner()

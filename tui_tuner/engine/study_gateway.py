@@ -4,13 +4,16 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 
 | attr | set when | meaning |
 |---|---|---|
-| origin | asked | "sampler", "enqueue" or "fork" |
+| origin | asked | "sampler", "enqueue", "fork", or "pbt" (a PBT clone: a fork the strategy made) |
 | worker | asked / enqueued | the engine (worker) that runs it: only it pops the trial from the queue or resumes it |
 | by_user | enqueued / forked | the user asked for it: exempt from pruning unless study.prune_user_trials |
 | parent_trial, fork_step, fork_checkpoint | forked | lineage; the checkpoint path is relative to the run dir |
 | overrides | enqueued / forked | fixed (non-searched) params changed for this trial only |
 | stopped_by_user, stopped_at_step | killed | Optuna PRUNED by the user |
-| pruned_at_step | pruned | Optuna PRUNED by the pruner |
+| pruned_at_step, pruned_reason | pruned | Optuna PRUNED by the pruner, PBT, or promotion; the reason in words |
+| pbt_replaces, pbt_step, pbt_changes | PBT clone | the member it replaced, at which step, and each explored |
+| | | param's [donor's value, new value]; parent_trial/fork_step name the donor and its checkpoint |
+| pbt_replaced_by | PBT replaced it | the clone that took its place in the population |
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
 | ask_failed | the sampler failed creating it | Optuna FAIL; not counted in the budget |
 | cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |

@@ -42,6 +42,7 @@ from tui_tuner.engine.history import METRIC_KEYS
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.need import NeedKey
+from tui_tuner.engine.pbt import Exploit, Member, Pbt
 from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
@@ -51,13 +52,15 @@ from tui_tuner.engine.storage_url import connect_problem
 from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.engine.workers import WorkerBeat, new_worker_id
-from tui_tuner.format import error_line
+from tui_tuner.format import error_line, fmt_value
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, list_checkpoints
 from tui_tuner.training.schedules import planned_lrs
 
 log = logging.getLogger(__name__)
+
+PBT_ORIGINS = frozenset({"sampler", "pbt"})  # population members: the sampler's and PBT's own clones, not the user's
 
 
 class Sweep:
@@ -98,6 +101,7 @@ class Sweep:
         self.heartbeat: WorkerBeat | None = None
         self._inventory = inventory  # the GPUs' free memory (NVML by default; tests give a fake one)
         self.gpu_pool: GpuPool | None = None  # set by start() when there are GPUs to place trials on
+        self.pbt = Pbt(preset) if preset.study.strategy == "pbt" else None
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
@@ -546,6 +550,54 @@ class Sweep:
             self.events.emit("enqueued", child, f"trial {child} re-runs trial {n} (stopped before its first "
                              "step)", params=run.searched)
 
+    # -- population-based training (a member's own thread, at its boundary) ---------------------
+    def pbt_step(self, run: TrialRun) -> tuple[Exploit, int] | None:
+        """PBT at `run`'s boundary: when it is in the bottom quantile of the members that reached this step,
+        fork a top member's latest checkpoint with explored params as a new trial that takes its place; the
+        decision and the child's number, or None (it trains on). A clone that cannot be made is said in the
+        events, and `run` trains on."""
+        assert self.pbt is not None
+        step = run.step
+        members = [self._pbt_member(r, step) for r in self.registry.all() if r.origin in PBT_ORIGINS]
+        decision = self.pbt.decide(run.number, step, members)
+        if decision is None:
+            return None
+        donor = self.registry.get(decision.donor)
+        try:
+            assert donor is not None and donor.params is not None
+            source = self._existing_checkpoint(donor, None)
+            before = donor.params.model_dump()
+            changes = self.pbt.explore(before)
+            _, values = self._fork_values(donor.number, changes)
+            self._fork_end(source.step, values)
+            diff = {k: [before[k], v] for k, v in changes.items() if v != before[k]}
+            child = self._fork_from(donor, source, values, by_user=False, origin="pbt", pbt_replaces=run.number,
+                                    pbt_step=step, pbt_changes=diff)
+        except (SweepError, AssertionError) as e:
+            self.events.emit("pbt_failed", run.number, f"PBT: trial {run.number} could not clone trial "
+                             f"{decision.donor}: {e}; it trains on")
+            return None
+        change = ", ".join(f"{k} {fmt_value(a)}→{fmt_value(b)}" for k, (a, b) in diff.items()) or "no change"
+        self.events.emit("pbt_exploit", child, f"PBT: trial {child} clones trial {decision.donor} at step "
+                         f"{source.step} in place of trial {run.number} (eval {decision.loser_score:.4g} vs "
+                         f"{decision.donor_score:.4g} at step {step}, bottom of {decision.ranked}); {change}",
+                         parent=decision.donor, replaces=run.number, step=source.step, changes=diff)
+        return decision, child
+
+    @staticmethod
+    def _pbt_member(run: TrialRun, step: int) -> Member:
+        """`run` as PBT ranks it at `step`: its own eval there (a clone's history before its fork step is its
+        donor's), and whether it can be cloned at that step now."""
+        score = None
+        if step > (run.fork_step if run.fork_step is not None else -1):
+            for s, v in reversed(run.history.series["eval_loss"].points(until=step)):
+                if s == step:
+                    score = v
+                break
+        # A donor's clone starts from its checkpoint at this step or later: its eval can be there a moment before.
+        cloneable = run.state in (S.RUNNING, S.PAUSED) and any(c.step >= step for c in run.checkpoints)
+        return Member(run.number, score, cloneable)
+
     # -- the scheduler's and the trial threads' side (SchedulerHost, TrialHost) ----------------
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Event:
         return self.events.emit(kind, trial, message, **data)
@@ -635,7 +687,7 @@ class Sweep:
         sch = self.scheduler
         phase = "finished" if self._phase == "running" and self.finished else self._phase
         return SweepSnapshot(
-            study_name=self.preset.study_name, sampler=self.preset.study.sampler, pruner=self.preset.study.pruner,
+            study_name=self.preset.study_name, sampler=self.preset.study.sampler, pruner=self.preset.strategy_label,
             concurrency=sch.requested_concurrency, n_trials=self.preset.study.n_trials, started_at=sch.started_at,
             elapsed=(sch.finished_at or time.time()) - sch.started_at, finished=self.finished, trials=trials,
             counts=counts, best_trial=best.number if best else None, best_value=best.eval_loss if best else None,

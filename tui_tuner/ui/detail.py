@@ -14,6 +14,7 @@ from textual.widgets import Footer, Static
 
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_value
+from tui_tuner.state_words import lineage_words
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.source import SweepSource
 
@@ -23,7 +24,7 @@ def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
     out.append(f"trial #{t.number}  {t.state}", style="bold")
     out.append(f"  step {t.step}/{t.total_steps or '?'}  origin {t.origin}")
     if t.parent is not None:
-        out.append(f"  fork of #{t.parent} at step {t.fork_step}")
+        out.append(f"  {lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)}")
     if t.error:
         out.append(f"\nerror: {t.error}", style="bold red")
     out.append(f"\nloss {fmt_float(t.loss)}  eval {fmt_float(t.eval_loss)}  best eval {fmt_float(t.best_eval_loss)}"
