@@ -151,7 +151,8 @@ class Sweep:
 
         def key(run: TrialRun) -> NeedKey:
             assert run.params is not None
-            return (p.model.name, p.model.method, run.params.batch_size or micro or 0, p.data.max_length)
+            return (p.model.name, p.model.method, run.params.optimizer, run.params.batch_size or micro or 0,
+                    p.data.max_length)
 
         def estimate(run: TrialRun) -> int:
             assert run.params is not None
