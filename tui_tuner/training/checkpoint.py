@@ -54,7 +54,8 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
         }
         torch.save(state, tmp / STATE_FILE)
         info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method,
-                "kind": kind, "optimizer": ft.params.optimizer, "files": file_digests(tmp)}  # resume verifies what it continues from
+                "optimizer": ft.params.optimizer, "kind": kind,
+                "files": file_digests(tmp)}  # resume verifies what it continues from
         (tmp / INFO_FILE).write_text(json.dumps(info))
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. on demand after a periodic one)
