@@ -38,19 +38,47 @@ def _ft(data, **kw) -> FineTune:
     return FineTune("builtin:tiny-llama", "lora", TrialParams(**{**p, **kw}), data)
 
 
-def test_exact_resume_reproduces_the_uninterrupted_curve(demo_data, tmp_path):
-    straight = _ft(demo_data)
-    losses = [straight.step().loss for _ in range(20)]
+def _assert_resume_is_exact(data, tmp_path: Path, before: int, after: int, **kw) -> FineTune:
+    """`before` steps, a checkpoint, a restore into a fresh FineTune and `after` more steps give the losses of
+    `before + after` steps straight; returns the resumed FineTune."""
+    straight = _ft(data, **kw)
+    losses = [straight.step().loss for _ in range(before + after)]
 
-    first = _ft(demo_data)
-    for _ in range(10):
+    first = _ft(data, **kw)
+    for _ in range(before):
         first.step()
     info = ckpt.save(first, tmp_path)
-    resumed = _ft(demo_data)
+    resumed = _ft(data, **kw)
     ckpt.restore(resumed, info.path)
-    assert resumed.step_count == 10
-    tail = [resumed.step().loss for _ in range(10)]
-    assert tail == pytest.approx(losses[10:], rel=1e-5, abs=1e-6)
+    assert resumed.step_count == before
+    tail = [resumed.step().loss for _ in range(after)]
+    assert tail == pytest.approx(losses[before:], rel=1e-5, abs=1e-6)
+    return resumed
+
+
+def test_exact_resume_reproduces_the_uninterrupted_curve(demo_data, tmp_path):
+    _assert_resume_is_exact(demo_data, tmp_path, 10, 10)
+
+
+@pytest.mark.parametrize(("optimizer", "extra"), [
+    ("adam", {}), ("sgd", {"momentum": 0.9, "nesterov": True}), ("rmsprop", {"momentum": 0.5}), ("adafactor", {}),
+])
+def test_exact_resume_with_each_optimizer(demo_data, tmp_path, optimizer, extra):
+    resumed = _assert_resume_is_exact(demo_data, tmp_path, 4, 3, optimizer=optimizer, weight_decay=0.01, **extra)
+    assert ckpt.saved_optimizer(ckpt.load_state(ckpt.list_checkpoints(tmp_path)[-1].path)) == optimizer
+    assert resumed.optimizer.state  # the state came back (and is what made the tail match)
+
+
+def test_a_restore_into_another_optimizer_is_refused_in_one_line(demo_data, tmp_path):
+    sgd = _ft(demo_data, optimizer="sgd", momentum=0.9)
+    sgd.step()
+    info = ckpt.save(sgd, tmp_path)
+    adamw = _ft(demo_data)
+    with pytest.raises(ValueError, match=r"holds sgd optimizer state; the trial's optimizer is adamw "
+                                         r"\(params.optimizer\)") as e:
+        ckpt.restore(adamw, info.path)
+    assert "\n" not in str(e.value)
+    assert adamw.step_count == 0 and not adamw.optimizer.state  # nothing of the checkpoint was loaded
 
 
 def _lora_weights(ft: FineTune) -> dict[str, torch.Tensor]:

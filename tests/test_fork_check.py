@@ -49,6 +49,8 @@ def test_check_fork_plans_the_child_from_the_fork_step_and_acts_on_nothing(live:
 
 @pytest.mark.parametrize(("step", "params", "says"), [
     (None, {"lora_r": 64}, "cannot change lora_r"),
+    (None, {"optimizer": "sgd", "learning_rate": 1e-3}, "cannot change optimizer"),
+    (None, {"optimizer": "adam"}, "the parent's optimizer state would not fit"),
     (7, {}, "no checkpoint at step 7"),
     (None, {"max_steps": 1}, "already at the trial's end"),
     (None, {"learning_rate": -1.0}, "learning_rate"),

@@ -76,7 +76,7 @@ def test_eight_gpus_mixed_free_and_foreign():
 
 
 def test_the_need_is_the_measured_peak_else_the_estimate_and_an_oom_raises_it():
-    book, key, other = NeedBook(), ("m", "lora", 8, 512), ("m", "lora", 4, 512)
+    book, key, other = NeedBook(), ("m", "lora", "adamw", 8, 512), ("m", "lora", "adamw", 4, 512)
     assert book.need(key, lambda: 10 * G) == 10 * G
     book.measured(key, 4 * G)
     assert book.need(key, lambda: 10 * G) == round(4 * G * 1.1)  # measured, with a margin

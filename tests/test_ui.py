@@ -354,6 +354,9 @@ async def test_every_param_a_fork_may_change_is_editable_and_shape_params_say_wh
             row = dialog.query_one(f"#param-{name}").parent
             assert dialog.query_one(f"#param-{name}").disabled
             assert "changes the trained tensors" in str(row.query_one(".param-why").render())
+        optimizer = dialog.query_one("#param-optimizer")
+        assert optimizer.disabled  # its own reason: a fork keeps the parent's optimizer state
+        assert "the parent's optimizer state would not fit" in str(optimizer.parent.query_one(".param-why").render())
         assert not dialog.query("#param-freeze_layers")  # LoRA never reads it
         dialog.query_one("#param-schedule").value = "wsd"  # type: ignore[attr-defined]
         dialog.query_one("#param-adam_beta2").value = "0.95"  # type: ignore[attr-defined]

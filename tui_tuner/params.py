@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 Schedule = Literal["constant", "linear", "cosine", "cosine_restarts", "wsd", "cyclic_wsd"]
+OptimizerName = Literal["adamw", "adam", "sgd", "rmsprop", "adafactor"]
 
 # Strict: pydantic's lax mode takes `true` as 1 for an int (`--set params.batch_size=true` ran with batch 1) and
 # "4" or 2.0 as 4 or 2; a wrong type is a mistake to report. Strict floats still take ints (`lora_alpha = 16`).
@@ -29,12 +30,17 @@ class TrialParams(BaseModel):
     cycle_steps: int | None = Field(None, ge=1, description="period of cosine_restarts / cyclic_wsd")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="share of the run spent decaying (wsd)")
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    optimizer: OptimizerName = "adamw"
     weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="sgd and rmsprop")
+    nesterov: bool = Field(False, description="sgd, with momentum > 0")
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_grad_value: float | None = Field(None, gt=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
+    component_clip_norm: float | None = Field(None, gt=0, description="clip each component's gradient norm "
+                                              "(attention, MLP, embeddings, other) to this")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="adam, adamw")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="adam, adamw")
+    adam_epsilon: float = Field(1e-8, gt=0, description="adam, adamw, rmsprop")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     prompt_loss_weight: float = Field(0.0, ge=0, le=1)
     freeze_layers: int = Field(0, ge=0)
@@ -58,6 +64,9 @@ class TrialParams(BaseModel):
         if self.max_steps is not None and self.warmup_steps > self.max_steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) is longer than the run "
                              f"(max_steps = {self.max_steps})")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ValueError(f"nesterov needs optimizer = 'sgd' and momentum > 0 (optimizer = {self.optimizer!r}, "
+                             f"momentum = {self.momentum})")
         return self
 
     def target_modules(self) -> str | list[str]:
@@ -73,6 +82,17 @@ def shape_params(method: str) -> frozenset[str]:
     """Params a fork may not change: they change the shapes or the set of trainable tensors, so neither the
     parent's weights nor its optimizer state would fit the child."""
     return frozenset({"freeze_layers"}) if method == "full" else frozenset({"lora_r", "lora_target_modules"})
+
+
+# Why a fork may not change a param, short enough to stand beside its read-only field in the fork dialog.
+CHANGES_TENSORS = "changes the trained tensors"
+OPTIMIZER_STATE = "the parent's optimizer state would not fit"
+
+
+def fork_fixed_params(method: str) -> dict[str, str]:
+    """Every param a fork may not change, with why: the shape params, and the optimizer (a parent's Adam
+    moments mean nothing to SGD, and loading them into another optimizer would not fail, only mislead)."""
+    return {**dict.fromkeys(sorted(shape_params(method)), CHANGES_TENSORS), "optimizer": OPTIMIZER_STATE}
 
 
 def error_message(err: dict) -> str:

@@ -16,7 +16,7 @@ import tomli_w
 from pydantic import AllowInfNan, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tui_tuner.format import utf8_problem
-from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message, shape_params
+from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_message, fork_fixed_params
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
@@ -258,7 +258,7 @@ class Preset(_Strict):
             for name in self.pbt.explore or []:
                 if name not in self.search:
                     raise ValueError(f"pbt.explore: {name} is not searched: PBT explores within [search.{name}]")
-                if name in PBT_FIXED or name in shape_params(self.model.method):
+                if name in PBT_FIXED or name in fork_fixed_params(self.model.method):
                     raise ValueError(f"pbt.explore: {name} cannot change mid-run (a fork may not change it)")
         if s.strategy == "promote":
             pr = self.promote
@@ -279,7 +279,7 @@ class Preset(_Strict):
         """The params PBT perturbs: pbt.explore, or every searched param a fork may change mid-run."""
         if self.pbt.explore is not None:
             return list(self.pbt.explore)
-        fixed = PBT_FIXED | shape_params(self.model.method)
+        fixed = PBT_FIXED | fork_fixed_params(self.model.method).keys()
         return [k for k in self.search if k not in fixed]
 
     @property

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-NeedKey = tuple[str, str, int, int]  # (model, method, micro-batch, sequence length)
+# (model, method, optimizer, micro-batch, sequence length): the optimizer's state is a share of the need.
+NeedKey = tuple[str, str, str, int, int]
 
 OOM_FACTOR = 1.5  # an OOM says the need was at least this much more than what was allowed for
 MEASURED_MARGIN = 1.1  # a measured peak plus room for allocator fragmentation

@@ -53,7 +53,7 @@ from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGatew
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.engine.workers import WorkerBeat, new_worker_id
 from tui_tuner.format import error_line, fmt_value
-from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, shape_params
+from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, fork_fixed_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, list_checkpoints
 from tui_tuner.training.schedules import planned_lrs
@@ -155,7 +155,8 @@ class Sweep:
 
         def key(run: TrialRun) -> NeedKey:
             assert run.params is not None
-            return (p.model.name, p.model.method, run.params.batch_size or micro or 0, p.data.max_length)
+            return (p.model.name, p.model.method, run.params.optimizer, run.params.batch_size or micro or 0,
+                    p.data.max_length)
 
         def estimate(run: TrialRun) -> int:
             assert run.params is not None
@@ -438,11 +439,10 @@ class Sweep:
         if unknown:
             raise SweepError(f"fork: unknown hyperparameter(s) {sorted(unknown)}")
         old = parent.params.model_dump()
-        fixed = shape_params(self.preset.model.method)
-        changed_shape = sorted(k for k in fixed & params.keys() if params[k] != old.get(k))
-        if changed_shape:
-            raise SweepError(f"fork: cannot change {', '.join(changed_shape)}: it changes the trained tensors, "
-                             "so the parent's weights and optimizer state would not fit (start a new trial instead)")
+        fixed = fork_fixed_params(self.preset.model.method)
+        refused = [f"{k} ({why})" for k, why in fixed.items() if k in params and params[k] != old.get(k)]
+        if refused:
+            raise SweepError(f"fork: cannot change {' or '.join(refused)}: start a new trial instead")
         return parent, self._validated({**old, **params}, "fork")
 
     def _fork_end(self, step: int, values: TrialParams) -> int:

@@ -46,6 +46,7 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
             "step": ft.step_count,
             "adalora": adalora_state(ft.model) if ft.method == "adalora" else None,
             "optimizer": ft.optimizer.state_dict(),
+            "optimizer_name": ft.params.optimizer,  # restore refuses state of another optimizer
             "scaler": ft.scaler.state_dict() if ft.scaler else None,
             "data": ft.stream.state(),
             "params": ft.params.model_dump(),
@@ -53,7 +54,8 @@ def save(ft: FineTune, trial_dir: Path, eval_loss: float | None = None,
         }
         torch.save(state, tmp / STATE_FILE)
         info = {"step": ft.step_count, "eval_loss": eval_loss, "time": time.time(), "method": ft.method,
-                "kind": kind, "files": file_digests(tmp)}  # resume verifies what it continues from
+                "optimizer": ft.params.optimizer, "kind": kind,
+                "files": file_digests(tmp)}  # resume verifies what it continues from
         (tmp / INFO_FILE).write_text(json.dumps(info))
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. on demand after a periodic one)
@@ -102,6 +104,7 @@ def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
     Hyperparameters are re-applied afterwards (`ft.apply_params`) because optimizer.load_state_dict
     brings back the saved LR, betas and weight decay."""
     state = load_state(ckpt)
+    check_optimizer(state, ft.params.optimizer, ckpt)
     if ft.method in ("lora", "adalora"):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -127,6 +130,20 @@ def restore(ft: FineTune, ckpt: Path) -> dict[str, Any]:
             torch.cuda.set_rng_state_all(rng["cuda"])
     ft.apply_params(ft.params)
     return state
+
+
+def saved_optimizer(state: dict[str, Any]) -> str:
+    """The optimizer a checkpoint's state is of; checkpoints from before the choice existed are AdamW's."""
+    return state.get("optimizer_name") or (state.get("params") or {}).get("optimizer") or "adamw"
+
+
+def check_optimizer(state: dict[str, Any], wanted: str, ckpt: Path) -> None:
+    # torch loads one optimizer's state dict into another without complaint (the group layout matches):
+    # the moments would silently become, say, SGD momentum.
+    saved = saved_optimizer(state)
+    if saved != wanted:
+        raise ValueError(f"{ckpt}: this checkpoint holds {saved} optimizer state; the trial's optimizer is "
+                         f"{wanted} (params.optimizer): start it from a fresh trial instead")
 
 
 def _rng_state() -> dict[str, Any]:

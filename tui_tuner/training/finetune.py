@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import PresetError
 from tui_tuner.training import data as D
+from tui_tuner.training.clipping import clip_by_component, component_groups
 from tui_tuner.training.model import (
     adalora_orth_penalty,
     autocast_dtype,
@@ -25,6 +26,7 @@ from tui_tuner.training.model import (
     pick_device,
     sync_adalora_schedule,
 )
+from tui_tuner.training.optimizers import apply_group_params, build_optimizer
 from tui_tuner.training.schedules import lr_factor
 
 
@@ -100,7 +102,8 @@ class FineTune:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self._orth_factors = [(n, p) for n, p in self.model.named_parameters()
                               if method == "adalora" and p.requires_grad and ("lora_A" in n or "lora_B" in n)]
-        self.optimizer = torch.optim.AdamW(self.trainable, lr=params.learning_rate)
+        self.components = component_groups(self.model.named_parameters())  # for component_clip_norm
+        self.optimizer = build_optimizer(self.trainable, params)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.step_count = 0
         self.batch_size = resolved_batch_size(params, len(data.train))
@@ -113,10 +116,7 @@ class FineTune:
     def apply_params(self, params: TrialParams) -> None:
         """(Re)apply every hyperparameter that lives outside the weights: used at start and after a fork."""
         self.params = params
-        for g in self.optimizer.param_groups:
-            g["betas"] = (params.adam_beta1, params.adam_beta2)
-            g["eps"] = params.adam_epsilon
-            g["weight_decay"] = params.weight_decay
+        apply_group_params(self.optimizer, params)
         for name, mod in self.model.named_modules():
             if "lora_dropout" in name and isinstance(mod, torch.nn.Dropout):
                 mod.p = params.lora_dropout
@@ -171,6 +171,8 @@ class FineTune:
             self.scaler.unscale_(self.optimizer)
         if self.params.max_grad_value is not None:
             torch.nn.utils.clip_grad_value_(self.trainable, self.params.max_grad_value)
+        if self.params.component_clip_norm is not None:
+            clip_by_component(self.components, self.params.component_clip_norm)
         max_norm = self.params.max_grad_norm if self.params.max_grad_norm is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, max_norm))
         if self.scaler:
@@ -227,7 +229,7 @@ class FineTune:
 
     def close(self) -> None:
         """Drop tensors now rather than at GC time: other trials want the GPU memory."""
-        self.model = self.optimizer = self.trainable = None  # type: ignore[assignment]
+        self.model = self.optimizer = self.trainable = self.components = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -1,5 +1,5 @@
 """A conservative GPU memory estimate for one trial, from the model's config alone (a meta-device model: no
-weights are read or allocated): weights, gradients and AdamW state of the trainable ones, activations, logits."""
+weights are read or allocated): weights, gradients and optimizer state of the trainable ones, activations, logits."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from tui_tuner.params import TrialParams
 from tui_tuner.training.model import _quiet_transformers, adapter_config, freeze_layers, resolve_model_path
+from tui_tuner.training.optimizers import state_copies
 
 CUDA_CONTEXT = 600 << 20  # the CUDA context and cuBLAS workspaces a trial's thread may add
 FRAGMENTATION = 1.2  # the caching allocator keeps freed blocks it cannot reuse for other sizes
@@ -45,9 +46,9 @@ def estimate_bytes(name: str, method: str, params: TrialParams, seq_len: int, mi
                                   trust_remote_code)
     tokens = micro_batch * seq_len
     weights = 4 * total
-    grads_and_adam = 4 * trainable * 3  # gradient, exp_avg, exp_avg_sq
+    grads_and_state = 4 * trainable * (1 + state_copies(params))  # the gradient and the optimizer's state
     # Per layer and token: the saved inputs of attention and MLP projections (~ 10 hidden + 3 intermediate
     # values), plus the attention scores when the kernel materialises them.
     per_layer = tokens * (10 * s["hidden"] + 3 * s["inter"]) * 4 + micro_batch * s["heads"] * seq_len**2 * 4
     logits = tokens * s["vocab"] * 4 * 3  # logits, their float copy for the loss, and its gradient
-    return round((weights + grads_and_adam + s["layers"] * per_layer + logits) * FRAGMENTATION) + CUDA_CONTEXT
+    return round((weights + grads_and_state + s["layers"] * per_layer + logits) * FRAGMENTATION) + CUDA_CONTEXT

@@ -20,7 +20,7 @@ from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_exact, fmt_float
-from tui_tuner.params import TrialParams, shape_params
+from tui_tuner.params import TrialParams, fork_fixed_params
 from tui_tuner.ui.charts import sparkline
 
 
@@ -112,7 +112,6 @@ def parse_value(text: str, like: Any) -> Any:
 
 Submit = Callable[[dict[str, Any], int | None], int]  # (params, checkpoint step) -> the new trial's number
 Check = Callable[[dict[str, Any], int | None], ForkPlan]  # the same, checked by the engine without acting
-FIXED_WHY = "fixed: changes the trained tensors"
 # Params a method never reads: not offered (a full fine-tune has no adapter; LoRA freezes the whole base model).
 UNUSED = {"full": frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"}),
           "lora": frozenset({"freeze_layers"}), "adalora": frozenset({"freeze_layers"})}
@@ -121,10 +120,11 @@ CHECK_DELAY_S = 0.25  # typing settles before the engine is asked about the edit
 
 def param_rows(search: dict[str, Any], method: str, fork: bool) -> list[tuple[str, str | None]]:
     """Every param the method uses, searched ones first, as (name, why it is read-only or None): a fork may change
-    all but those that change the trained tensors (the engine refuses those; shown so the user sees why)."""
-    fixed = shape_params(method) if fork else frozenset()
+    all but those that change the trained tensors or the optimizer (the engine refuses those; shown with why)."""
+    fixed = fork_fixed_params(method) if fork else {}
     names = [*search, *(n for n in TrialParams.model_fields if n not in search)]
-    return [(n, FIXED_WHY if n in fixed else None) for n in names if n not in UNUSED.get(method, frozenset())]
+    return [(n, f"fixed: {fixed[n]}" if n in fixed else None) for n in names
+            if n not in UNUSED.get(method, frozenset())]
 
 
 class ParamsDialog(ModalScreen[int | None]):
