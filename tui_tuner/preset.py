@@ -170,6 +170,8 @@ class PbtSection(_Strict):
                                  "multiplied by (a categorical moves to a neighbouring choice)")
     explore: list[str] | None = Field(None, description="params to explore; None: every searched param a fork "
                                       "may change (not shapes, the optimizer, max_steps, seed)")
+    synch: bool = Field(True, description="a member at a boundary waits for the running members behind it, so "
+                        "each decision ranks the whole population (Ray Tune's synch); false: rank those there")
     seed: int = 0
 
     @field_validator("perturb")

@@ -30,6 +30,10 @@ from tui_tuner.training.checkpoint_files import CheckpointInfo, CheckpointKind, 
 
 log = logging.getLogger(__name__)
 
+# A synch PBT member waits at most this long for the others at its boundary, then is ranked with those there:
+# a member stuck behind (a slow GPU, a long checkpoint) must not stall the population for good.
+PBT_SYNCH_LIMIT_S = 300.0
+
 
 def checkpoint_failure(e: BaseException, where: Path) -> str:
     """Why a checkpoint write failed, in one line. A full disk says so and where, whatever form it took: an
@@ -75,6 +79,7 @@ class TrialHost(Protocol):
     def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None, *,
              by_user: bool = True) -> int: ...
     def pbt_step(self, run: TrialRun) -> tuple[Exploit, int] | None: ...
+    def pbt_behind(self, run: TrialRun) -> list[int]: ...
     def enqueue(self, params: dict[str, Any], *, by_user: bool = True) -> int: ...
     def trial_ended(self, run: TrialRun) -> None: ...
     def gpu_oom(self, run: TrialRun) -> None: ...
@@ -218,8 +223,15 @@ class TrialRunner:
         return value
 
     def _pbt_boundary(self) -> None:
-        """Bottom of the population at this step: a clone of a top member takes this one's place."""
-        got = self.host.pbt_step(self.run)
+        """Bottom of the population at this step: a clone of a top member takes this one's place. With pbt.synch
+        it first waits for the members behind it (pause, kill and stop still act while it waits)."""
+        host, run = self.host, self.run
+        assert host.pbt is not None
+        deadline = time.monotonic() + PBT_SYNCH_LIMIT_S
+        while host.pbt.conf.synch and host.pbt_behind(run) and time.monotonic() < deadline:
+            run.control.boundary(self._on_pause, self._on_resume)
+            time.sleep(0.02)
+        got = host.pbt_step(run)
         if got is None:
             return
         d, child = got

@@ -584,6 +584,21 @@ class Sweep:
                          parent=decision.donor, replaces=run.number, step=source.step, changes=diff)
         return decision, child
 
+    def pbt_behind(self, run: TrialRun) -> list[int]:
+        """Members still on their way to `run`'s boundary (running or starting, not paused, not yet evaluated and
+        checkpointed there): with pbt.synch, `run` waits for them before it is ranked."""
+        step = run.step
+        behind = []
+        for r in self.registry.all():
+            if r is run or r.origin not in PBT_ORIGINS or r.state not in (S.RUNNING, S.STARTING) or r.control.paused:
+                continue
+            if r.fork_step is not None and r.fork_step >= step:
+                continue  # a clone from a checkpoint at or past this step: it is never ranked here
+            m = self._pbt_member(r, step)
+            if r.step <= step and (m.score is None or not m.active):
+                behind.append(r.number)
+        return behind
+
     @staticmethod
     def _pbt_member(run: TrialRun, step: int) -> Member:
         """`run` as PBT ranks it at `step`: its own eval there (a clone's history before its fork step is its
