@@ -29,3 +29,9 @@ def count_words(counts: Mapping[str, int]) -> list[tuple[str, int]]:
         if always or n:
             out.append((label, n))
     return out
+
+
+def state_word(state: str, user_attrs: Mapping[str, object]) -> str:
+    """A trial's state as the tables print it: a COMPLETE trial that early stopping ended says so (it is
+    complete to Optuna, but did not run its full budget)."""
+    return "early stop" if state == "complete" and "early_stopped_at_step" in user_attrs else str(state)

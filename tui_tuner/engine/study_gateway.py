@@ -11,6 +11,8 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | overrides | enqueued / forked | fixed (non-searched) params changed for this trial only |
 | stopped_by_user, stopped_at_step | killed | Optuna PRUNED by the user |
 | pruned_at_step | pruned | Optuna PRUNED by the pruner |
+| early_stopped_at_step, early_stop_reason | early stopped | Optuna COMPLETE with its best eval loss: |
+| | | early_stopping_patience evals in a row did not improve on it |
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
 | ask_failed | the sampler failed creating it | Optuna FAIL; not counted in the budget |
 | cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |
