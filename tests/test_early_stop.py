@@ -12,6 +12,7 @@ from tui_tuner.engine.sweep import Sweep
 from tui_tuner.params import TrialParams
 from tui_tuner.report import progress_table
 from tui_tuner.state_words import state_word
+from tui_tuner.ui.trials_table import trial_cells
 
 # Eval loss by step: improves to 0.8 at 20; 0.79 at 40 is a new minimum but not by more than min_delta = 0.02;
 # so with patience 3 the evals at 30, 40, 50 are the three without improvement: it stops at 50, told 0.79.
@@ -64,6 +65,7 @@ def _assert_early_stopped(sweep: Sweep, n: int, at: int, reason: str = REASON, b
     assert "early stopped" in done.message and reason in done.message
     assert state_word(t.state, t.user_attrs) == "early stop"
     assert "early stop" in progress_table(sweep.snapshot())
+    assert trial_cells(t)[1].plain == "early stop"  # the app's state column
 
 
 def test_a_trial_ends_complete_at_the_eval_that_runs_out_of_patience(fake_sweep) -> None:
