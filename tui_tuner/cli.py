@@ -173,6 +173,8 @@ def _open_sweep(args: argparse.Namespace) -> Sweep | None:
         from tui_tuner.training.model_source import model_source
 
         check_data_files(preset)
+        for other in preset.model_names()[1:]:  # searched or fixed model_name: each must resolve too
+            model_source(other)
         print(dry_run(preset, model_source(preset.model.name)))
         return None
     run_dir = Path(args.run_dir or Path("runs") / preset.study_name)

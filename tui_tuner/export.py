@@ -88,8 +88,8 @@ def _repair_if_idle(layout: RunDir) -> str | None:
         lock.release()
 
 
-# Where the engine's user attrs say a trial ended (killed, pruned, failed, interrupted by a stop).
-_END_ATTRS = ("stopped_at_step", "pruned_at_step", "failed_at_step", "interrupted_at_step")
+# Where the engine's user attrs say a trial ended (killed, pruned, failed, interrupted by a stop, early stopped).
+_END_ATTRS = ("stopped_at_step", "pruned_at_step", "failed_at_step", "interrupted_at_step", "early_stopped_at_step")
 
 
 def last_step(t: optuna.trial.FrozenTrial, trial_dir: Path) -> int | str:

@@ -51,6 +51,15 @@ class TrialParams(BaseModel):
     seed: int = 0
     eval_interval: int = Field(50, ge=1)
     eval_batches: int | None = Field(None, ge=1)
+    # -- issue 13: early stopping, the base model's dropout, the model itself --
+    early_stopping_patience: int | None = Field(None, ge=1, description="end the trial after this many evals in "
+                                                "a row without improving on its best; unset: never")
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="an eval improves only if it is this much "
+                                            "below the best")
+    attention_dropout: float | None = Field(None, ge=0, lt=1, description="the base model's; unset: its config's")
+    hidden_dropout: float | None = Field(None, ge=0, lt=1, description="the base model's; unset: its config's")
+    embedding_dropout: float | None = Field(None, ge=0, lt=1, description="the base model's; unset: its config's")
+    model_name: str | None = Field(None, min_length=1, description="unset: model.name; the same tokenizer")
 
     @field_validator("lora_target_modules", mode="before")
     @classmethod
@@ -81,7 +90,9 @@ PARAM_NAMES = frozenset(TrialParams.model_fields)
 def shape_params(method: str) -> frozenset[str]:
     """Params a fork may not change: they change the shapes or the set of trainable tensors, so neither the
     parent's weights nor its optimizer state would fit the child."""
-    return frozenset({"freeze_layers"}) if method == "full" else frozenset({"lora_r", "lora_target_modules"})
+    # model_name: another model has other tensors altogether (a fork keeps its parent's model).
+    by_method = frozenset({"freeze_layers"}) if method == "full" else frozenset({"lora_r", "lora_target_modules"})
+    return by_method | {"model_name"}
 
 
 # Why a fork may not change a param, short enough to stand beside its read-only field in the fork dialog.

@@ -342,6 +342,15 @@ class Preset(_Strict):
     def study_name(self) -> str:
         return self.study.name or self.name
 
+    def param_values(self, name: str) -> list[Any]:
+        """The values a trial can get for param `name`: its searched choices (or bounds), else its fixed value."""
+        return _values(self.search[name]) if name in self.search else [getattr(self.params, name)]
+
+    def model_names(self) -> list[str]:
+        """Every model a trial of this preset can train: model.name (whose tokenizer tokenizes the data) and
+        the params.model_name fixed or searched."""
+        return list(dict.fromkeys([self.model.name, *(v for v in self.param_values("model_name") if v)]))
+
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None, *, check_paths: bool = True) -> Preset:
@@ -382,8 +391,12 @@ class Preset(_Strict):
             return f"--set {field}" if field in set_keys else f"{source}: {field}"
 
         problems = []
-        if self.model.name != BUILTIN_MODEL and _looks_local(self.model.name) and not Path(self.model.name).exists():
-            problems.append(f"{where('model.name')}: path does not exist: {self.model.name}")
+        models = [("model.name", self.model.name), ("params.model_name", self.params.model_name)]
+        if "model_name" in self.search:
+            models += [("search.model_name", v) for v in _values(self.search["model_name"])]
+        for fld, name in models:
+            if isinstance(name, str) and name != BUILTIN_MODEL and _looks_local(name) and not Path(name).exists():
+                problems.append(f"{where(fld)}: path does not exist: {name}")
         for fld in ("train", "eval"):
             value = getattr(self.data, fld)
             if value and value != BUILTIN_DATA and not Path(value).is_file():
@@ -407,12 +420,24 @@ def _anchor_paths(raw: dict[str, Any], base: Path, existing_models: bool = False
             value = data.get(key)
             if isinstance(value, str) and value and not value.startswith("builtin:"):
                 data[key] = _absolute(value, base)
-    model = raw.get("model")
-    name = model.get("name") if isinstance(model, dict) else None
-    if isinstance(model, dict) and isinstance(name, str) and name and not name.startswith("builtin:"):
-        local = name.startswith((".", "~")) or (existing_models and (base / name).exists())
-        if local:
-            model["name"] = _absolute(name, base)
+    # The model names: model.name, and params.model_name fixed or searched (choices of one family).
+    model, params, search = (raw.get(k) for k in ("model", "params", "search"))
+    if isinstance(model, dict) and "name" in model:
+        model["name"] = _anchor_model(model.get("name"), base, existing_models)
+    if isinstance(params, dict) and "model_name" in params:
+        params["model_name"] = _anchor_model(params["model_name"], base, existing_models)
+    choices = search.get("model_name", {}).get("choices") if isinstance(search, dict) and isinstance(
+        search.get("model_name"), dict) else None
+    if isinstance(choices, list):
+        search["model_name"]["choices"] = [_anchor_model(c, base, existing_models) for c in choices]
+
+
+def _anchor_model(name: Any, base: Path, existing_models: bool) -> Any:
+    """A model name made absolute when it is a local path; a hub id, builtin: or a wrong type as it is."""
+    if not isinstance(name, str) or not name or name.startswith("builtin:"):
+        return name
+    local = name.startswith((".", "~")) or (existing_models and (base / name).exists())
+    return _absolute(name, base) if local else name
 
 
 def _absolute(value: str, base: Path) -> str:

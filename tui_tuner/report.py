@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
-from tui_tuner.state_words import count_words, lineage_words
+from tui_tuner.state_words import count_words, lineage_words, state_word
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,7 +80,7 @@ def _step(t: TrialSnapshot) -> str:
 # (title, width, cell); the last ones are dropped first when the terminal is too narrow for them.
 _COLUMNS: tuple[tuple[str, int, Callable[[TrialSnapshot], str]], ...] = (
     ("#", -4, lambda t: str(t.number)),
-    ("state", 11, lambda t: str(t.state)),
+    ("state", 11, lambda t: state_word(t.state, t.user_attrs)),
     ("step", -11, _step),
     ("loss", -7, lambda t: fmt_float(t.loss)),
     ("eval", -7, lambda t: fmt_float(t.eval_loss)),

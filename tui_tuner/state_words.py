@@ -39,3 +39,9 @@ def lineage_words(origin: str, parent: int | None, fork_step: int | None, attrs:
     if origin == "pbt":
         return f"PBT clone of #{parent}@{fork_step}, replacing #{attrs.get('pbt_replaces')}"
     return f"fork of #{parent}@{fork_step}"
+
+
+def state_word(state: str, user_attrs: Mapping[str, object]) -> str:
+    """A trial's state as the tables print it: a COMPLETE trial that early stopping ended says so (it is
+    complete to Optuna, but did not run its full budget)."""
+    return "early stop" if state == "complete" and "early_stopped_at_step" in user_attrs else str(state)

@@ -11,6 +11,11 @@ from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import CheckpointInfo, CheckpointKind
 
 
+def model_of(preset: Preset, params: TrialParams) -> str:
+    """The model a trial trains: its model_name, else the preset's model.name."""
+    return params.model_name or preset.model.name
+
+
 class StepResult(Protocol):
     step: int
     loss: float
@@ -75,9 +80,11 @@ class TorchBackend:
     def __init__(self) -> None:
         self.data: Any = None
         self.tokenizer: Any = None
+        self._same_vocab: set[str] = set()  # models checked against model.name's tokenizer
 
     def prepare(self, preset: Preset) -> int:
         from tui_tuner.training.finetune import prepare_data
+        from tui_tuner.training.model_choice import check_models
 
         self.set_threads(preset.device.threads_per_trial)
         from tui_tuner.training.model import check_gpus
@@ -86,6 +93,8 @@ class TorchBackend:
             check_gpus(preset.device.gpus)
         self.tokenizer, self.data = prepare_data(preset.model.name, preset.data, preset.model.trust_remote_code,
                                                  preset.device.type)
+        check_models(preset, self.tokenizer)
+        self._same_vocab.update(preset.model_names())
         return len(self.data.train)
 
     def cuda_devices(self) -> int:
@@ -98,7 +107,7 @@ class TorchBackend:
         from tui_tuner.training.memory_estimate import estimate_bytes
 
         micro = resolved_batch_size(params, len(self.data.train))
-        return estimate_bytes(preset.model.name, preset.model.method, params, preset.data.max_length, micro,
+        return estimate_bytes(model_of(preset, params), preset.model.method, params, preset.data.max_length, micro,
                               preset.model.trust_remote_code)
 
     def gpu_reserved(self, index: int) -> int:
@@ -115,9 +124,14 @@ class TorchBackend:
               device: str | None = None) -> Trainer:
         from tui_tuner.training import checkpoint as ckpt
         from tui_tuner.training.finetune import FineTune
+        from tui_tuner.training.model_choice import check_vocabulary
 
+        name = model_of(preset, params)
+        if name not in self._same_vocab:  # enqueued with a model the preset never named
+            check_vocabulary(name, preset.model.name, self.tokenizer, preset.model.trust_remote_code)
+            self._same_vocab.add(name)
         full = preset.model.method == "full"
-        ft = FineTune(preset.model.name, preset.model.method, params, self.data, device or preset.device.type,
+        ft = FineTune(name, preset.model.method, params, self.data, device or preset.device.type,
                       preset.device.precision, weights_dir=str(resume_from) if (resume_from and full) else None,
                       trust_remote_code=preset.model.trust_remote_code)
         if resume_from:

@@ -17,6 +17,7 @@ from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.engine.backend import Backend
 from tui_tuner.engine.control import Killed, Stopped
+from tui_tuner.engine.early_stop import EarlyStop
 from tui_tuner.engine.jsonl import JsonlWriter
 from tui_tuner.engine.lifecycle import Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
@@ -160,7 +161,9 @@ class TrialRunner:
             self._end(S.RUNNING, f"trial {run.number} started{where}", params=run.searched)
         interval, ck_every = run.params.eval_interval, p.checkpoints.interval
         pbt = host.pbt if run.origin in ("sampler", "pbt") else None  # the user's own trials are not members
-        while not ft.done:
+        stopper = self._early_stop()
+        stopped = stopper.should_stop  # resumed after it decided to stop but before the tell: stop at once
+        while not ft.done and not stopped:
             run.control.boundary(self._on_pause, self._on_resume)
             m = ft.step()
             if not math.isfinite(m.loss):
@@ -183,6 +186,10 @@ class TrialRunner:
                     raise Diverged(f"eval loss is {eval_loss} at step {m.step}: diverged, or the eval split has "
                                    "no target tokens (check data.max_length against the prompts' length)")
                 if not ft.done:
+                    stopped = stopper.observe(m.step, eval_loss)
+                    if stopped:  # the final checkpoint below is this step's
+                        run.version += 1
+                        break
                     self._maybe_prune()
             # A PBT boundary saves too: the clone a worse member makes of this one starts from it.
             periodic = (bool(ck_every) and m.step % ck_every == 0) or boundary
@@ -193,6 +200,9 @@ class TrialRunner:
             run.version += 1  # new metrics: clients redraw this trial
             if boundary and not run.control.paused:
                 self._pbt_boundary()
+        if stopped:
+            self._finish_early_stopped(stopper)
+            return
         if run.step == run.start_step:  # restored at its last step (a crash before the tell): nothing ran
             self._evaluate()
         self._checkpoint(run.last.get("eval_loss"), "final")
@@ -203,6 +213,27 @@ class TrialRunner:
         self._end(S.COMPLETE, f"trial {run.number} completed: eval loss {final:.4f}")
 
     # -- pieces --------------------------------------------------------------------------------
+    def _early_stop(self) -> EarlyStop:
+        """The early-stopping count, replayed from the evals this trial itself ran (a resumed trial's history
+        holds those up to its checkpoint); a fork's start at its parent's curve is not its own: only the evals
+        after its fork step count, with the patience it runs with now."""
+        run = self.run
+        assert run.params is not None
+        floor = run.fork_step if run.fork_step is not None else -1
+        evals = [(s, v) for s, v in run.history.series["eval_loss"].points() if s > floor]
+        return EarlyStop.replay(run.params.early_stopping_patience, run.params.early_stopping_min_delta, evals)
+
+    def _finish_early_stopped(self, stopper: EarlyStop) -> None:
+        """COMPLETE, told with its best eval (where it was heading no longer matters), final checkpoint saved."""
+        run = self.run
+        self._checkpoint(run.last.get("eval_loss"), "final")
+        reason, best = stopper.reason(), stopper.best
+        assert best is not None
+        self._set_attrs(early_stopped_at_step=run.step, early_stop_reason=reason)
+        self._tell(OptunaState.COMPLETE, best)
+        self._end(S.COMPLETE, f"trial {run.number} completed, early stopped at step {run.step}: {reason}; best "
+                  f"eval loss {best:.4f}", early_stopped=True)
+
     def _eval_step(self) -> float | None:
         last = self.run.history.series["eval_loss"].last()
         return last[0] if last is not None else None

@@ -14,6 +14,8 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | pbt_replaces, pbt_step, pbt_changes | PBT clone | the member it replaced, at which step, and each explored |
 | | | param's [donor's value, new value]; parent_trial/fork_step name the donor and its checkpoint |
 | pbt_replaced_by | PBT replaced it | the clone that took its place in the population |
+| early_stopped_at_step, early_stop_reason | early stopped | Optuna COMPLETE with its best eval loss: |
+| | | early_stopping_patience evals in a row did not improve on it |
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
 | ask_failed | the sampler failed creating it | Optuna FAIL; not counted in the budget |
 | cancelled_by_user | cancelled | a queued trial removed before it ran: Optuna FAIL (samplers skip FAIL trials, so a |

@@ -32,7 +32,7 @@ from optuna.trial import TrialState as OptunaState
 from pydantic import ValidationError
 
 from tui_tuner.engine import resume as resume_mod
-from tui_tuner.engine.backend import Backend, TorchBackend
+from tui_tuner.engine.backend import Backend, TorchBackend, model_of
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event, EventLog
 from tui_tuner.engine.fork_plan import ForkPlan
@@ -155,7 +155,7 @@ class Sweep:
 
         def key(run: TrialRun) -> NeedKey:
             assert run.params is not None
-            return (p.model.name, p.model.method, run.params.optimizer, run.params.batch_size or micro or 0,
+            return (model_of(p, run.params), p.model.method, run.params.optimizer, run.params.batch_size or micro or 0,
                     p.data.max_length)
 
         def estimate(run: TrialRun) -> int:

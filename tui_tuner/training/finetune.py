@@ -26,6 +26,7 @@ from tui_tuner.training.model import (
     pick_device,
     sync_adalora_schedule,
 )
+from tui_tuner.training.model_dropout import apply_to_model
 from tui_tuner.training.optimizers import apply_group_params, build_optimizer
 from tui_tuner.training.schedules import lr_factor
 
@@ -120,6 +121,7 @@ class FineTune:
         for name, mod in self.model.named_modules():
             if "lora_dropout" in name and isinstance(mod, torch.nn.Dropout):
                 mod.p = params.lora_dropout
+        apply_to_model(self.model, params)  # the base model's own dropout (a fork may change it)
         self.batch_size = resolved_batch_size(params, len(self.data.train))
         self.stream.batch_size = self.batch_size
         self.stream.prompt_weight = params.prompt_loss_weight

@@ -89,16 +89,22 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 
 
-def model_context(name: str, trust_remote_code: bool = False) -> tuple[str, int] | None:
-    """(config key, value) of the model's context length from its config (config.json only, no weights), or
-    None for a config that names none of the usual keys: then nothing can be checked against it."""
+def load_config(name: str, trust_remote_code: bool = False, source: str | None = None) -> Any:
+    """The model's config (config.json only, no weights); `source`: where to read it, when not `name` itself
+    (a full fine-tune's checkpoint)."""
     from transformers import AutoConfig
 
     _quiet_transformers()
     try:
-        cfg = AutoConfig.from_pretrained(resolve_model_path(name), trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(source or resolve_model_path(name), trust_remote_code=trust_remote_code)
     except Exception as e:  # a config.json with a wrong type raises huggingface_hub's StrictDataclassError
         raise ModelError(f"cannot load the config of {name!r}: {first_line(e)}{_offline_hint(name)}") from None
+
+
+def model_context(name: str, trust_remote_code: bool = False) -> tuple[str, int] | None:
+    """(config key, value) of the model's context length from its config (config.json only, no weights), or
+    None for a config that names none of the usual keys: then nothing can be checked against it."""
+    cfg = load_config(name, trust_remote_code)
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # multimodal: the decoder's
     for key in _CONTEXT_KEYS:
         value = getattr(text_cfg, key, None)
@@ -159,12 +165,16 @@ def build_model(
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from tui_tuner.training.model_dropout import set_in_config
+
     _quiet_transformers()
     source = weights_dir or resolve_model_path(name)
+    config = load_config(name, trust_remote_code, source)
+    set_in_config(config, params)  # the trial's dropout, where the architecture has it (ModelError where not)
     with RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(params.seed)
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, trust_remote_code=trust_remote_code)
         except Exception as e:  # any failure to read the user's weights is theirs to fix, in one line
             raise ModelError(f"cannot load model {name!r}: {first_line(e)}{_offline_hint(name)}") from None
         if method in ("lora", "adalora"):

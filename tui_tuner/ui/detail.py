@@ -14,14 +14,14 @@ from textual.widgets import Footer, Static
 
 from tui_tuner.engine.snapshot import TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_value
-from tui_tuner.state_words import lineage_words
+from tui_tuner.state_words import lineage_words, state_word
 from tui_tuner.ui.charts import LossChart, LrChart
 from tui_tuner.ui.source import SweepSource
 
 
 def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
     out = Text()
-    out.append(f"trial #{t.number}  {t.state}", style="bold")
+    out.append(f"trial #{t.number}  {state_word(t.state, t.user_attrs)}", style="bold")
     out.append(f"  step {t.step}/{t.total_steps or '?'}  origin {t.origin}")
     if t.parent is not None:
         out.append(f"  {lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)}")

@@ -10,6 +10,7 @@ from textual.widgets import DataTable
 
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
+from tui_tuner.state_words import state_word
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cyan", "pruned": "magenta",
                "failed": "bold red", "waiting": "dim", "killed": "magenta", "interrupted": "yellow",
@@ -48,7 +49,7 @@ def short_device(device: str) -> str:
 
 def trial_cells(t: TrialSnapshot, shared: bool = False) -> tuple[Any, ...]:
     """`shared`: the study has several workers; the row then also names the one running the trial."""
-    state = t.state
+    state = state_word(t.state, t.user_attrs)
     step = "-" if t.state in ("waiting", "cancelled") else f"{t.step}/{t.total_steps or '?'}"
     parent = f"#{t.parent}@{t.fork_step}" if t.parent is not None else ""
     params = fmt_params({**t.params, **t.overrides})
