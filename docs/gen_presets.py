@@ -16,6 +16,7 @@ from tui_tuner.preset import (
     DeviceSection,
     ModelSection,
     PbtSection,
+    PromoteSection,
     StudySection,
 )
 
@@ -42,7 +43,7 @@ def render() -> str:
     return TEMPLATE.format(
         model=table(ModelSection), data=table(DataSection), params=table(TrialParams),
         study=table(StudySection), checkpoints=table(CheckpointSection), device=table(DeviceSection),
-        alerts=table(AlertsSection), pbt=table(PbtSection),
+        alerts=table(AlertsSection), pbt=table(PbtSection), promote=table(PromoteSection),
     )
 
 

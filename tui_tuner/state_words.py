@@ -13,6 +13,7 @@ COUNT_WORDS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("paused", ("paused",), False),
     ("queued", ("waiting",), True),
     ("interrupted", ("interrupted",), False),
+    ("parked", ("parked",), False),
     ("pruned", ("pruned",), False),
     ("killed", ("killed",), False),
     ("failed", ("failed",), True),

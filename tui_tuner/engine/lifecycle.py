@@ -17,6 +17,8 @@ class TrialState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     INTERRUPTED = "interrupted"  # stopped by a sweep stop or a crash, checkpointed; resume continues it as itself
+    PARKED = "parked"  # promotion: reached the first rung (promote.t1), checkpointed, waits for the decision;
+    # RUNNING in Optuna (samplers see it as complete at its rung eval), no thread
     COMPLETE = "complete"
     PRUNED = "pruned"  # by the pruner
     KILLED = "killed"  # by the user; Optuna PRUNED with stopped_by_user, so the sampler learns from it
@@ -51,6 +53,10 @@ TRANSITIONS: dict[tuple[TrialState, TrialState], str] = {
     (S.PAUSED, S.INTERRUPTED): "interrupted",
     (S.PAUSED, S.KILLED): "killed",
     (S.PAUSED, S.FAILED): "failed",
+    (S.RUNNING, S.PARKED): "parked",
+    (S.PARKED, S.STARTING): "promoted",  # continues from its rung checkpoint, under its own number
+    (S.PARKED, S.PRUNED): "pruned",  # not promoted
+    (S.PARKED, S.KILLED): "killed",  # the user killed it while it waited
 }
 EVENT_KINDS = frozenset(TRANSITIONS.values())
 

@@ -82,6 +82,10 @@ def reload(gateway: StudyGateway, layout: RunDir, preset: Preset,
         run.total = total_steps(run.params)
         ckpts = list_checkpoints(run.trial_dir)
         run.checkpoints = ckpts
+        if run.state is S.PARKED:  # promotion decides about it (the scheduler, once the rung is complete)
+            run.trial = gateway.handle(t)
+            _load_history(run, by_number, None)
+            continue
         if t.state == OptunaState.RUNNING:
             restage = (lambda run=run, a=a: _restage_fork(layout, a, run)) if run.fork_step is not None else None
             start = _resume_point(run, ckpts, layout, out.notes, restage)

@@ -22,6 +22,7 @@ from tui_tuner.engine.jsonl import JsonlWriter
 from tui_tuner.engine.lifecycle import Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.pbt import Exploit, Pbt
+from tui_tuner.engine.promotion import PROMOTED_ATTR, Promotion
 from tui_tuner.engine.run_dir import RunDir
 from tui_tuner.engine.study_gateway import StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRun
@@ -76,6 +77,7 @@ class TrialHost(Protocol):
     def stopping(self) -> bool: ...
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Any: ...
     pbt: Pbt | None
+    promotion: Promotion | None
 
     def fork(self, n: int, step: int | None = None, params: dict[str, Any] | None = None, *,
              by_user: bool = True) -> int: ...
@@ -161,6 +163,7 @@ class TrialRunner:
             self._end(S.RUNNING, f"trial {run.number} started{where}", params=run.searched)
         interval, ck_every = run.params.eval_interval, p.checkpoints.interval
         pbt = host.pbt if run.origin in ("sampler", "pbt") else None  # the user's own trials are not members
+        promo = host.promotion
         stopper = self._early_stop()
         stopped = stopper.should_stop  # resumed after it decided to stop but before the tell: stop at once
         while not ft.done and not stopped:
@@ -180,7 +183,8 @@ class TrialRunner:
                 run.own_mem = ft.own_bytes()
             eval_loss, best_before = None, run.best_eval
             boundary = pbt is not None and pbt.is_boundary(m.step, ft.total_steps)
-            if m.step % interval == 0 or ft.done or boundary:
+            rung = promo is not None and promo.parks(run.origin, run.user_attrs, m.step)
+            if m.step % interval == 0 or ft.done or boundary or rung:
                 eval_loss = self._evaluate()
                 if not math.isfinite(eval_loss):
                     raise Diverged(f"eval loss is {eval_loss} at step {m.step}: diverged, or the eval split has "
@@ -191,8 +195,9 @@ class TrialRunner:
                         run.version += 1
                         break
                     self._maybe_prune()
-            # A PBT boundary saves too: the clone a worse member makes of this one starts from it.
-            periodic = (bool(ck_every) and m.step % ck_every == 0) or boundary
+            # A PBT boundary saves too (a worse member's clone of this one starts from it), and so does the
+            # first rung of promotion (a promoted trial continues from it).
+            periodic = (bool(ck_every) and m.step % ck_every == 0) or boundary or rung
             new_best = (p.checkpoints.keep_best and eval_loss is not None
                         and (best_before is None or eval_loss < best_before))
             if (periodic or new_best) and not ft.done:  # the final step is saved below in any case
@@ -200,6 +205,9 @@ class TrialRunner:
             run.version += 1  # new metrics: clients redraw this trial
             if boundary and not run.control.paused:
                 self._pbt_boundary()
+            if rung and eval_loss is not None:
+                self._park(eval_loss)
+                return
         if stopped:
             self._finish_early_stopped(stopper)
             return
@@ -253,6 +261,14 @@ class TrialRunner:
                 run.has_report = True
         return value
 
+    def _park(self, eval_loss: float) -> None:
+        """Promotion's first rung: checkpointed (above), the thread ends; the scheduler promotes it or drops it."""
+        run, conf = self.run, self.host.preset.promote
+        assert conf is not None
+        self._set_attrs(parked_at_step=run.step, rung_eval=eval_loss)
+        self._end(S.PARKED, f"trial {run.number} parked at step {run.step} (eval {eval_loss:.4f}): the best "
+                  f"{conf.top_k} at this step continue to step {run.total}")
+
     def _pbt_boundary(self) -> None:
         """Bottom of the population at this step: a clone of a top member takes this one's place. With pbt.synch
         it first waits for the members behind it (pause, kill and stop still act while it waits)."""
@@ -277,6 +293,8 @@ class TrialRunner:
             return
         if run.by_user and not self.host.preset.study.prune_user_trials:
             return  # a trial the user asked for runs to its end unless the preset says otherwise
+        if run.user_attrs.get(PROMOTED_ATTR):
+            return  # promotion chose it to run to the end: the pruner had its say before the rung
         if self.host.gateway.should_prune(run.trial):
             raise optuna.TrialPruned(f"pruned at step {run.step} by {self.host.preset.study.pruner}")
 

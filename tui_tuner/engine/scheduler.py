@@ -16,14 +16,16 @@ from optuna.trial import TrialState as OptunaState
 from pydantic import ValidationError
 
 from tui_tuner.engine.gpu_pool import GpuPool
-from tui_tuner.engine.lifecycle import ACTIVE, Lifecycle
+from tui_tuner.engine.lifecycle import ACTIVE, FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.placement import Wait
+from tui_tuner.engine.promotion import PROMOTED_ATTR, RUNG_ATTR, Promotion, Rung
 from tui_tuner.engine.study_gateway import ELAPSED_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.format import error_line
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import Preset
+from tui_tuner.training.checkpoint_files import list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ class SchedulerHost(Protocol):
     lifecycle: Lifecycle
     registry: TrialRegistry
     gpu_pool: GpuPool | None
+    promotion: Promotion | None
 
     def emit(self, kind: str, trial: int | None, message: str, **data: Any) -> Any: ...
     def prepare_asked(self, trial: optuna.Trial, attrs: dict[str, Any], params: TrialParams) -> TrialRun: ...
@@ -144,6 +147,7 @@ class Scheduler:
             try:
                 for c in cmds:
                     self._apply(c)
+                self._decide_promotion()
                 self._fill_slots()
                 self._check_finished()
             except Exception as e:  # the sampler or the storage broke: start no more trials; never die silently
@@ -198,9 +202,64 @@ class Scheduler:
             h.gateway.cancel_waiting(n)
             run.user_attrs["cancelled_by_user"] = True
             h.lifecycle.move(run, S.CANCELLED, f"trial {n} cancelled by the user before it ran")
+        elif run.state is S.PARKED:  # promotion: waiting at its rung, no thread: told here
+            self._tell_ended(run, S.KILLED, OptunaState.PRUNED, {"stopped_by_user": True, "stopped_at_step": run.step},
+                             f"trial {n} killed by the user at step {run.step} (parked)")
         elif run.active:  # it started between the request and now: the user's intent was to end it
             h.emit("kill_requested", n, f"kill of trial {n} requested at step {run.step}")
             run.control.kill()
+
+    # -- promotion ---------------------------------------------------------------------------------
+    def _decide_promotion(self) -> None:
+        """Once no sampler trial is still on its way to the first rung and the sampler budget is spent, the
+        parked trials in the top_k (of every trial that reached the rung, by its eval there) continue from their
+        rung checkpoints under their own numbers; the other parked ones end PRUNED, not promoted."""
+        promo, h = self.host.promotion, self.host
+        if promo is None or (self.halted is None and self.budget_left()):
+            return
+        runs = h.registry.all()
+        # A promoted trial stays parked until a slot frees for it: it is decided already.
+        waiting = {r.number for r in runs if r.state is S.PARKED and not r.user_attrs.get(PROMOTED_ATTR)}
+        parked = [r for r in runs if r.number in waiting]
+        on_the_way = [r for r in runs if r.origin == "sampler" and not r.user_attrs.get(PROMOTED_ATTR)
+                      and r.state not in FINISHED and r.state is not S.PARKED]
+        if not parked or on_the_way:
+            return
+        rungs = [Rung(r.number, float(r.user_attrs[RUNG_ATTR]), r.number in waiting) for r in runs
+                 if RUNG_ATTR in r.user_attrs and r.origin == "sampler"]
+        d = promo.decide(rungs)
+        t1, total = promo.t1, parked[0].total
+        for rank, n in enumerate(d.promote, start=1):
+            run = h.registry.get(n)
+            assert run is not None
+            h.gateway.set_attrs(run.trial, {PROMOTED_ATTR: True, "promoted_rank": rank})
+            run.user_attrs.update({PROMOTED_ATTR: True, "promoted_rank": rank})
+            ckpts = list_checkpoints(run.trial_dir)
+            run.resume_from = ckpts[-1].path if ckpts else None
+            self._relaunch.append(run)
+        for n, rank in d.drop:
+            run = h.registry.get(n)
+            assert run is not None
+            why = (f"not promoted: rank {rank} of {d.ranked} at step {t1} (eval {run.user_attrs[RUNG_ATTR]:.4g}); "
+                   f"the best {len(d.promote)} continue" if rank else "not promoted: no finite eval at the rung")
+            self._tell_ended(run, S.PRUNED, OptunaState.PRUNED, {"pruned_at_step": t1, "pruned_reason": why},
+                             f"trial {n} pruned at step {t1}: {why}")
+        if d.promote or d.drop:
+            who = (f"trials {', '.join(map(str, d.promote))} continue" if len(d.promote) > 1
+                   else f"trial {d.promote[0]} continues" if d.promote else "no trial continues")
+            h.emit("promotion", None, f"promotion at step {t1}: {who} to step {total} (top {promo.conf.top_k} of "
+                   f"{d.ranked})",
+                   promoted=d.promote, dropped=[n for n, _ in d.drop])
+
+    def _tell_ended(self, run: TrialRun, to: S, told: OptunaState, attrs: dict[str, Any], message: str) -> None:
+        """End a trial that has no thread (parked): its attrs and tell, then the move."""
+        h = self.host
+        if run.trial is not None:
+            h.gateway.set_attrs(run.trial, attrs)
+            h.gateway.tell(run.trial, told)
+        run.user_attrs.update(attrs)
+        run.told = True
+        h.lifecycle.move(run, to, message)
 
     def _occupied(self) -> int:
         free_paused = self.host.preset.study.paused_frees_slot
@@ -254,7 +313,7 @@ class Scheduler:
 
     def _check_finished(self) -> None:
         runs = self.host.registry.all()
-        busy = any(r.state in ACTIVE or (r.thread is not None and not r.reaped) for r in runs)
+        busy = any(r.state in ACTIVE or r.state is S.PARKED or (r.thread is not None and not r.reaped) for r in runs)
         if self.host.gpu_pool is not None:
             self.host.gpu_pool.refresh(runs)  # the System panel's view of free memory
         if busy or self._placing or self._relaunch or self._can_start_more() or self.finished.is_set():

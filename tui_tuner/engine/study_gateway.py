@@ -14,6 +14,9 @@ User attrs of a trial (the engine's record in the study; `export`, optuna-dashbo
 | pbt_replaces, pbt_step, pbt_changes | PBT clone | the member it replaced, at which step, and each explored |
 | | | param's [donor's value, new value]; parent_trial/fork_step name the donor and its checkpoint |
 | pbt_replaced_by | PBT replaced it | the clone that took its place in the population |
+| parked_at_step, rung_eval | promotion: reached t1 | its eval at promote.t1; RUNNING while parked (samplers see it |
+| | | as COMPLETE at rung_eval) |
+| promoted, promoted_rank | promotion: continued | it runs on to max_steps under its own number |
 | early_stopped_at_step, early_stop_reason | early stopped | Optuna COMPLETE with its best eval loss: |
 | | | early_stopping_patience evals in a row did not improve on it |
 | error, failed_at_step | failed | Optuna FAIL; the traceback is in trials/<n>/error.log |
@@ -53,6 +56,8 @@ from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.engine.lifecycle import TrialState
+from tui_tuner.engine.promotion import PROMOTED_ATTR, RUNG_ATTR
+from tui_tuner.engine.sampler_view import RungSampler
 from tui_tuner.engine.storage_url import shown
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, sample_params, trial_params
 from tui_tuner.format import error_line
@@ -83,7 +88,8 @@ def state_of(t: FrozenTrial) -> TrialState:
         case OptunaState.WAITING:
             return TrialState.WAITING
         case OptunaState.RUNNING:
-            return TrialState.INTERRUPTED
+            parked = "parked_at_step" in a and not a.get(PROMOTED_ATTR)  # promotion: waits at its first rung
+            return TrialState.PARKED if parked else TrialState.INTERRUPTED
         case OptunaState.COMPLETE:
             return TrialState.COMPLETE
         case OptunaState.PRUNED:
@@ -200,12 +206,19 @@ class StudyGateway:
         with self.lock:
             storage = self._storage or make_storage(self._journal.parent, None)
             self.study = optuna.create_study(
-                study_name=self.preset.study_name, storage=storage, sampler=self._track_asks(make_sampler(self.preset)),
+                study_name=self.preset.study_name, storage=storage, sampler=self._sampler(0),
                 pruner=make_pruner(self.preset, max_resource), direction="minimize", load_if_exists=True)
             offset = len(self.study.get_trials(deepcopy=False))
             if offset:
                 # A resumed sweep must not replay the proposals its seed made before.
-                self.study.sampler = self._track_asks(make_sampler(self.preset, seed_offset=offset))
+                self.study.sampler = self._sampler(offset)
+
+    def _sampler(self, seed_offset: int) -> optuna.samplers.BaseSampler:
+        """The preset's sampler; under promotion it sees parked trials as complete at their rung eval."""
+        sampler = make_sampler(self.preset, seed_offset=seed_offset)
+        if self.preset.study.strategy == "promote":
+            sampler = RungSampler(sampler, lambda t: t.user_attrs.get(RUNG_ATTR))
+        return self._track_asks(sampler)
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:

@@ -43,6 +43,7 @@ from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.need import NeedKey
 from tui_tuner.engine.pbt import Exploit, Member, Pbt
+from tui_tuner.engine.promotion import Promotion
 from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
@@ -102,6 +103,7 @@ class Sweep:
         self._inventory = inventory  # the GPUs' free memory (NVML by default; tests give a fake one)
         self.gpu_pool: GpuPool | None = None  # set by start() when there are GPUs to place trials on
         self.pbt = Pbt(preset) if preset.study.strategy == "pbt" else None
+        self.promotion = Promotion(preset) if preset.study.strategy == "promote" else None
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
@@ -311,7 +313,7 @@ class Sweep:
     @property
     def resumable(self) -> bool:
         """Work is left that `tui-tuner resume` would do: interrupted or queued trials, or budget left."""
-        left = any(r.state in (S.INTERRUPTED, S.WAITING) for r in self.registry.all())
+        left = any(r.state in (S.INTERRUPTED, S.WAITING, S.PARKED) for r in self.registry.all())
         return left or (self.halted is None and self.scheduler.budget_left())
 
     @property
@@ -360,7 +362,7 @@ class Sweep:
         """A running or paused trial ends at its next step boundary, told PRUNED with stopped_by_user; a queued
         one is cancelled (never runs; Optuna FAIL with cancelled_by_user)."""
         run = self.registry.get(n)
-        if run is not None and run.state is S.WAITING:
+        if run is not None and run.state in (S.WAITING, S.PARKED):
             self._refuse_if_stopped()
             self.scheduler.send(Command("cancel", trial=n))
             return
@@ -638,14 +640,19 @@ class Sweep:
 
     def launch(self, run: TrialRun) -> None:
         """Start its thread (scheduler thread only): waiting or interrupted -> starting."""
-        run.runner = TrialRunner(self, run)
-        run.thread = threading.Thread(target=run.runner, name=f"trial-{run.number}", daemon=True)
-        run.reaped = False
+        runner = TrialRunner(self, run)
+        thread = threading.Thread(target=runner, name=f"trial-{run.number}", daemon=True)
         frm = run.state
         where = (f" from checkpoint step {run.resume_from.name.removeprefix('step-')}" if run.resume_from
-                 else " from step 0 (no checkpoint)") if frm is S.INTERRUPTED else ""
-        self.lifecycle.move(run, S.STARTING, f"trial {run.number} {'resumes' if frm is S.INTERRUPTED else 'starts'}"
-                            f"{where}" + (" (paused)" if run.control.paused else ""))
+                 else " from step 0 (no checkpoint)") if frm in (S.INTERRUPTED, S.PARKED) else ""
+        verb = {S.INTERRUPTED: "resumes", S.PARKED: "promoted: continues"}.get(frm, "starts")
+        self.lifecycle.move(run, S.STARTING, f"trial {run.number} {verb}{where}"
+                            + (" (paused)" if run.control.paused else ""))
+        # Set once the move is made: a refused move leaves no unstarted thread for a stop to join. A stop that a
+        # listener of the move's event made has not seen this thread: it is told to stop here instead.
+        run.runner, run.thread, run.reaped = runner, thread, False
+        if self._stopping:
+            run.control.stop()
         try:
             run.thread.start()
         except RuntimeError as e:  # "can't start new thread": out of threads or memory

@@ -15,15 +15,12 @@ import torch
 from tui_tuner.format import first_line
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import BUILTIN_MODEL
+from tui_tuner.training.errors import ModelError
 
 # peft's LoRA init and dropout layers draw from torch's global RNG: build one model at a time, seeded. Whatever
 # else sets or reads that process-wide generator (a checkpoint's save and restore) takes this lock too, or it
 # would reseed a model being built in another trial's thread.
 RNG_LOCK = threading.Lock()
-
-
-class ModelError(ValueError):
-    """A model or tokenizer that cannot be loaded; one line naming it."""
 
 
 def _quiet_transformers() -> None:

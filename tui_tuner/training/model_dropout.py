@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from tui_tuner.params import TrialParams
-from tui_tuner.training.model import ModelError
+from tui_tuner.training.errors import ModelError
 
 
 @dataclass(frozen=True)

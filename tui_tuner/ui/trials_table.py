@@ -13,7 +13,7 @@ from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
 from tui_tuner.state_words import state_word
 
 STATE_STYLE = {"running": "bold green", "paused": "bold yellow", "complete": "cyan", "pruned": "magenta",
-               "failed": "bold red", "waiting": "dim", "killed": "magenta", "interrupted": "yellow",
+               "failed": "bold red", "waiting": "dim", "killed": "magenta", "interrupted": "yellow", "parked": "blue",
                "starting": "green", "cancelled": "dim"}
 
 # key, label, width (None: auto)
