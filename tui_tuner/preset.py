@@ -21,6 +21,8 @@ from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_mes
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
 BUILTIN_DATA = "builtin:progressions"
+BUILTIN_MARKOV = "builtin:markov"  # the low-noise task of benchmarks/search_efficiency.py
+BUILTIN_DATASETS = frozenset({BUILTIN_DATA, BUILTIN_MARKOV})
 
 
 class PresetError(ValueError):
@@ -296,7 +298,7 @@ class Preset(_Strict):
             problems.append(f"{where('model.name')}: path does not exist: {self.model.name}")
         for fld in ("train", "eval"):
             value = getattr(self.data, fld)
-            if value and value != BUILTIN_DATA and not Path(value).is_file():
+            if value and value not in BUILTIN_DATASETS and not Path(value).is_file():
                 problems.append(f"{where('data.' + fld)}: file does not exist: {value}")
         if problems:
             raise PresetError("\n".join(problems))
