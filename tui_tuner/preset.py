@@ -48,7 +48,7 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    train: str = Field(description="JSONL path or builtin:progressions")
+    train: str = Field(description="JSONL path, builtin:progressions or builtin:markov")
     eval: str | None = None
     format: Literal["auto", "text", "prompt_completion", "chat"] = "auto"
     eval_fraction: float = Field(0.1, gt=0, lt=1)
