@@ -74,9 +74,10 @@ def run_hf(preset: Preset, data: DataBundle, n_trials: int, seed: int) -> Timeli
     """`n_trials` sequential TPE trials (seeded), no pruner, each a fresh model (model_init), max_steps and eval
     interval as the preset's; the search's evals in order and the trial-steps it spent."""
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM, TrainingArguments
+    from transformers import AutoModelForCausalLM, PrinterCallback, TrainingArguments
 
     torch.set_num_threads(1)  # as each of the engine's trials runs
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial; the script prints its own summary
     p = preset.params
     assert p.max_steps is not None and p.batch_size is not None
 
@@ -89,7 +90,7 @@ def run_hf(preset: Preset, data: DataBundle, n_trials: int, seed: int) -> Timeli
             output_dir=out, max_steps=p.max_steps, per_device_train_batch_size=p.batch_size,
             per_device_eval_batch_size=p.batch_size, learning_rate=p.learning_rate, warmup_steps=p.warmup_steps,
             lr_scheduler_type=p.schedule, max_grad_norm=p.max_grad_norm or 0.0, eval_strategy="steps",
-            eval_steps=p.eval_interval, logging_steps=p.eval_interval, save_strategy="no", report_to="none",
+            eval_steps=p.eval_interval, logging_strategy="no", save_strategy="no", report_to="none",
             seed=seed, use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
         )
         trainer = make_trainer_class()(
@@ -97,6 +98,7 @@ def run_hf(preset: Preset, data: DataBundle, n_trials: int, seed: int) -> Timeli
             data_collator=Collator(data.pad_id), eval_examples=data.eval, pad_id=data.pad_id,
             eval_batches=p.eval_batches,
         )
+        trainer.remove_callback(PrinterCallback)  # it prints each trial's end-of-train log line
         # Optuna's create_study would add a MedianPruner by default: the baseline is the search without pruning.
         trainer.hyperparameter_search(hp_space=hp_space, backend="optuna", n_trials=n_trials, direction="minimize",
                                       sampler=optuna.samplers.TPESampler(seed=seed),
