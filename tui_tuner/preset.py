@@ -21,6 +21,8 @@ from tui_tuner.params import PARAM_NAMES, STRICT_NUMBERS, TrialParams, error_mes
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 BUILTIN_MODEL = "builtin:tiny-llama"
 BUILTIN_DATA = "builtin:progressions"
+BUILTIN_MARKOV = "builtin:markov"  # the low-noise task of benchmarks/search_efficiency.py
+BUILTIN_DATASETS = frozenset({BUILTIN_DATA, BUILTIN_MARKOV})
 # Params PBT never explores besides the shape ones: they set how long the run is, which data and init it sees, or
 # whose state a clone could not take over (the optimizer's, the model's).
 PBT_FIXED = frozenset({"max_steps", "epochs", "seed", "eval_interval", "eval_batches", "optimizer", "model_name"})
@@ -49,7 +51,7 @@ class ModelSection(_Strict):
 
 
 class DataSection(_Strict):
-    train: str = Field(description="JSONL path or builtin:progressions")
+    train: str = Field(description="JSONL path, builtin:progressions or builtin:markov")
     eval: str | None = None
     format: Literal["auto", "text", "prompt_completion", "chat"] = "auto"
     eval_fraction: float = Field(0.1, gt=0, lt=1)
@@ -399,7 +401,7 @@ class Preset(_Strict):
                 problems.append(f"{where(fld)}: path does not exist: {name}")
         for fld in ("train", "eval"):
             value = getattr(self.data, fld)
-            if value and value != BUILTIN_DATA and not Path(value).is_file():
+            if value and value not in BUILTIN_DATASETS and not Path(value).is_file():
                 problems.append(f"{where('data.' + fld)}: file does not exist: {value}")
         if problems:
             raise PresetError("\n".join(problems))

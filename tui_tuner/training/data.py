@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from tui_tuner.format import first_line, json_problem, utf8_problem
-from tui_tuner.preset import BUILTIN_DATA
+from tui_tuner.preset import BUILTIN_DATA, BUILTIN_MARKOV
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,34 @@ def progressions(n: int, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+MARKOV_LETTERS = "abcdefghijklmnopqrst"
+MARKOV_PROBS = (0.7, 0.2, 0.1)  # each letter's three successors: ~0.80 nats a letter is the floor
+
+
+def markov_chain(seed: int = 0) -> dict[str, list[str]]:
+    """Each letter's three successors, most likely first: a fixed random table (the task, not the sample)."""
+    rng = random.Random(seed)
+    return {c: rng.sample(MARKOV_LETTERS, len(MARKOV_PROBS)) for c in MARKOV_LETTERS}
+
+
+def markov(n: int, seed: int = 0, length: int = 24) -> list[dict[str, str]]:
+    """Walks of a fixed first-order Markov chain over 20 letters as prompt/completion pairs. Unlike progressions,
+    which a model learns in jumps (one step size at a time, at a seed-dependent step), every letter's successors
+    are learnt a little at each step: the eval loss is a smooth function of the hyperparameters, with little seed
+    noise (benchmarks/task_noise.py)."""
+    chain, rng = markov_chain(), random.Random(seed)
+    rows = []
+    for _ in range(n):
+        walk = [rng.choice(MARKOV_LETTERS)]
+        for _ in range(length):
+            walk.append(rng.choices(chain[walk[-1]], MARKOV_PROBS)[0])
+        rows.append({"prompt": walk[0] + ":", "completion": "".join(walk[1:])})
+    return rows
+
+
+_BUILTIN_ROWS = {BUILTIN_DATA: lambda: progressions(2000), BUILTIN_MARKOV: lambda: markov(4000)}
+
+
 class Records(list[dict[str, Any]]):
     """A JSONL file's rows with the line each came from (blank lines are skipped), so errors can name it."""
 
@@ -47,8 +75,8 @@ class Records(list[dict[str, Any]]):
 
 
 def load_records(path: str) -> list[dict[str, Any]]:
-    if path == BUILTIN_DATA:
-        return progressions(2000)
+    if path in _BUILTIN_ROWS:
+        return _BUILTIN_ROWS[path]()
     rows, lines, problems = [], [], []
     # Bytes, decoded a line at a time: a non-UTF-8 line is then one more bad line named like the others.
     with Path(path).open("rb") as f:

@@ -86,6 +86,40 @@ def total_steps(params: TrialParams, n_train: int) -> int:
     return max(1, math.ceil(per_epoch * (params.epochs or 1)))
 
 
+def weighted_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], smoothing: float,
+                        device: torch.device, amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted token cross-entropy: (sum of weighted losses, sum of weights)."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    with ctx:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    weights = batch["weights"][:, 1:]
+    per_tok = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none", label_smoothing=smoothing
+    ).view_as(weights)
+    return (per_tok * weights).sum(), weights.sum()
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, examples: list[D.Example], pad_id: int, prompt_weight: float, batch_size: int,
+              limit: int | None, device: torch.device, amp_dtype: torch.dtype | None = None) -> float:
+    """Mean token loss over the first `limit` batches of `examples` (all when None), no label smoothing: a
+    module function so that a benchmark can score a model trained elsewhere (transformers' Trainer) the same way."""
+    was_training = model.training
+    model.eval()
+    num = den = 0.0
+    for i, lo in enumerate(range(0, len(examples), batch_size)):
+        if limit is not None and i >= limit:
+            break
+        batch = D.collate(examples[lo : lo + batch_size], pad_id, prompt_weight)
+        n, d = weighted_token_loss(model, batch, 0.0, device, amp_dtype)
+        num, den = num + float(n), den + float(d)
+    model.train(was_training)
+    return num / den if den else math.nan
+
+
 class FineTune:
     """Model, optimizer and data stream of one trial; `step()` makes one optimizer update."""
 
@@ -140,18 +174,7 @@ class FineTune:
 
     # -- training ------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor], smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weighted token cross-entropy: (sum of weighted losses, sum of weights)."""
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        ctx = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        with ctx:
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, :-1].float()
-        targets = batch["input_ids"][:, 1:]
-        weights = batch["weights"][:, 1:]
-        per_tok = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none", label_smoothing=smoothing
-        ).view_as(weights)
-        return (per_tok * weights).sum(), weights.sum()
+        return weighted_token_loss(self.model, batch, smoothing, self.device, self.amp_dtype)
 
     def step(self) -> StepMetrics:
         t0 = time.perf_counter()
@@ -190,22 +213,10 @@ class FineTune:
         dt = time.perf_counter() - t0
         return StepMetrics(self.step_count, total, lr, grad_norm, tokens / dt if dt > 0 else 0.0, dt, self.memory())
 
-    @torch.no_grad()
     def evaluate(self) -> float:
         """Mean token loss over the eval set (completion-weighted like training, no label smoothing)."""
-        self.model.eval()
-        num = den = 0.0
-        examples = self.data.eval
-        limit = self.params.eval_batches
-        bs = self.batch_size
-        for i, lo in enumerate(range(0, len(examples), bs)):
-            if limit is not None and i >= limit:
-                break
-            batch = D.collate(examples[lo : lo + bs], self.data.pad_id, self.params.prompt_loss_weight)
-            n, d = self._loss(batch, 0.0)
-            num, den = num + float(n), den + float(d)
-        self.model.train()
-        return num / den if den else math.nan
+        return eval_loss(self.model, self.data.eval, self.data.pad_id, self.params.prompt_loss_weight,
+                         self.batch_size, self.params.eval_batches, self.device, self.amp_dtype)
 
     def memory(self) -> int:
         """CUDA: peak bytes allocated on this trial's device; CPU: the process's resident set size."""
