@@ -56,11 +56,14 @@ ENGINE_ARMS: dict[str, Callable[[int], dict[str, dict[str, Any]]]] = {
                                             "pruner_warmup_steps": EVAL_INTERVAL}},
     "tpe-hyperband": lambda budget: {"study": {"pruner": "hyperband", "min_resource": EVAL_INTERVAL,
                                                "reduction_factor": 3}},
-    "pbt": lambda budget: {"study": {"strategy": "pbt"},
-                           "pbt": {"population": 4, "interval": EVAL_INTERVAL, "quantile": 0.25,
-                                   "resample_probability": 0.25, "perturb": [0.8, 1.2]}},
+    # PBT's members train at once (its population is its sampler budget): 8 of them whatever the budget, so at
+    # most 8 x MAX_STEPS trial-steps; each boundary is an eval.
+    "pbt": lambda budget: {"study": {"strategy": "pbt", "n_trials": min(budget, 8), "concurrency": min(budget, 8)},
+                           "pbt": {"interval": EVAL_INTERVAL, "quantile": 0.25, "resample_probability": 0.25,
+                                   "perturb": [0.8, 1.2]}},
+    # The 2024 study's recipe: every configuration to 20 % of the steps, the best quarter on to the end.
     "promote": lambda budget: {"study": {"strategy": "promote"},
-                               "promote": {"configs": budget, "t1": EVAL_INTERVAL, "top_k": max(1, budget // 4)}},
+                               "promote": {"t1": MAX_STEPS // 5, "top_k": max(2, budget // 4)}},
 }
 ARMS = (BASELINE, *ENGINE_ARMS)
 

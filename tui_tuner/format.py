@@ -17,6 +17,13 @@ def fmt_float(v: float | None, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def fmt_loss(v: float | None) -> str:
+    """A loss at 4 significant digits, trailing zeros kept (1.000, 0.8020, 12.34): columns of losses line up."""
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:#.4g}"
+
+
 def fmt_value(v: Any) -> str:
     """A param value as people type it: 6 significant digits for floats, "none" for None."""
     if v is None:

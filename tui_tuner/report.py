@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
+from tui_tuner.lineage import ancestry, segments
 from tui_tuner.state_words import count_words, lineage_words, state_word
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class Reported(Protocol):
     run_dir: Path
 
     def best(self) -> TrialSnapshot | None: ...
+    def snapshot(self) -> SweepSnapshot: ...
     @property
     def resumable(self) -> bool: ...
 
@@ -153,6 +155,9 @@ def summary(sweep: Reported) -> str:
              wrap(f"  params: {best.params}", width, "    ")]
     if best.overrides:
         lines.append(wrap(f"  overrides: {best.overrides}", width, "    "))
+    if best.parent is not None:  # its weights came through forks or PBT clones: the steps each trial trained
+        chain = ancestry(sweep.snapshot().trials, best.number)
+        lines.append(wrap(f"  lineage: {segments(chain, tuple(best.params) or ('learning_rate',))}", width, "    "))
     return "\n".join([*lines, wrap(f"  adapter: {where}", width, "    ")])
 
 

@@ -30,6 +30,7 @@ from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, QuitScreen, param_rows
 from tui_tuner.ui.event_log import EventLogPanel
 from tui_tuner.ui.help import HelpScreen
+from tui_tuner.ui.lineage_screen import LineageScreen
 from tui_tuner.ui.messages import CommandDone, EngineEvent, SweepLoaded
 from tui_tuner.ui.source import SweepSource, SystemSource
 from tui_tuner.ui.status_line import StatusLine
@@ -68,6 +69,7 @@ class TuiTunerApp(App[int]):
         Binding("-", "concurrency(-1)", "Conc-", id="concurrency.down"),
         Binding("l", "log_y", "Log y", id="log_y"),
         Binding("enter", "detail", "Detail", id="detail", show=False),
+        Binding("t", "lineage", "Lineage", id="lineage", show=False),
         *(Binding(str(i + 1), f"panel('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
           for i, p in enumerate(PANELS)),
     ]
@@ -450,6 +452,14 @@ class TuiTunerApp(App[int]):
         if (t := self.selected_trial()) is not None:
             self.push_screen(TrialDetailScreen(self.source, t.number))
 
+    def action_lineage(self) -> None:
+        def chosen(number: int | None) -> None:
+            if number is not None:
+                self.query_one(TrialsTable).select(number)
+                self.refresh_view()
+
+        self.push_screen(LineageScreen(self.source), chosen)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -534,6 +544,7 @@ class TuiTunerApp(App[int]):
             ("Sort trials", "Cycle the table's sort column", self.action_sort),
             ("Toggle log-y", "Log scale for the loss chart", self.action_log_y),
             ("Trial detail", "All params, user attrs and checkpoints of the selected trial", self.action_detail),
+            ("Lineage tree", "Forks and PBT clones under the trial they started from (t)", self.action_lineage),
             ("Keys", "Every key of tui-tuner and what it does (?)", self.action_help),
             ("Quit sweep", "Checkpoint and stop running trials, then exit", self.action_quit),
         ):

@@ -15,6 +15,7 @@ HELP = """\
 
   [b]↑/↓[/b]      select a trial (drives the charts)
   [b]enter[/b]    trial detail: all params, Optuna user attrs, checkpoints
+  [b]t[/b]        lineage tree: forks and PBT clones, who cloned whom, when, what changed
   [b]p[/b]        pause / resume the selected trial
   [b]k[/b]        kill the selected trial (asks; Optuna records it PRUNED)
   [b]f[/b]        fork the selected trial from a checkpoint, with edited params

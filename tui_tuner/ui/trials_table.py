@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import RowDoesNotExist
 
 from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
@@ -82,6 +83,13 @@ class TrialsTable(DataTable):
             return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value or "")
         except Exception:
             return None
+
+    def select(self, number: int) -> None:
+        """Put the cursor on trial `number`'s row (no-op if it has none)."""
+        try:
+            self.move_cursor(row=self.get_row_index(str(number)), animate=False)
+        except RowDoesNotExist:
+            return
 
     def show(self, snap: SweepSnapshot) -> bool:
         """Apply a snapshot; returns True if any row changed."""
