@@ -41,11 +41,16 @@ def node_label(t: TrialSnapshot) -> str:
     a = t.user_attrs
     if t.origin == "pbt":
         changes = a.get("pbt_changes") or {}
-        change = ", ".join(f"{k} {fmt_value(v[0])}→{fmt_value(v[1])}" for k, v in changes.items()) or "no change"
+        change = ", ".join(f"{k} {_short(v[0])}→{_short(v[1])}" for k, v in changes.items()) or "no change"
         return f"{out} · clone @{t.fork_step} for #{a.get('pbt_replaces')}: {change}"
     edits = ", ".join(f"{k}={fmt_value(v)}" for k, v in {**t.params, **t.overrides}.items()
                       if k in t.overrides) if t.overrides else ""
     return f"{out} · fork @{t.fork_step}" + (f": {edits}" if edits else "")
+
+
+def _short(v: object) -> str:
+    """3 significant digits: a tree line must fit 80 columns (the events keep the full values)."""
+    return f"{v:.3g}" if isinstance(v, float) else fmt_value(v)
 
 
 def render(roots: list[Node]) -> list[str]:
