@@ -291,6 +291,20 @@ def test_detach_returns_at_once_and_the_sweep_finishes_on_its_own(fresh: Box, tm
     assert "Traceback" not in (run_dir / "engine.log").read_text()
 
 
+def test_a_finished_sweep_stays_up_while_a_client_watches_and_exits_after(fresh: Box, tmp_path: Path) -> None:
+    """The app attached to a sweep that spends its budget keeps its view (results, fork of a finished trial):
+    the engine exits only once no client has asked anything for a while."""
+    run_dir = tmp_path / "linger"
+    pid = fresh.detach("run", _preset(tmp_path, steps=20), "--run-dir", run_dir)
+    _until(lambda: (_api(run_dir) or {}).get("finished"), 60, "the sweep to finish while a client polls", every=0.3)
+    watched_until = time.monotonic() + 4.0
+    while time.monotonic() < watched_until:  # a client at 3 Hz, as the app is
+        assert _api(run_dir) is not None and _alive(pid)
+        time.sleep(0.3)
+    _until(lambda: not _alive(pid), 30, "the engine to exit once nobody watches", every=0.5)
+    assert "stays up while a client is attached" in (run_dir / "engine.log").read_text()
+
+
 # -- e, f, i: the shared engine ----------------------------------------------------------------------------------
 def test_socket_is_owner_only(shared: Path, box: Box) -> None:
     mode = os.stat(shared / "control.sock").st_mode

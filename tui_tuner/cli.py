@@ -144,7 +144,8 @@ def _serve(sweep: Sweep, args: argparse.Namespace) -> int:
             if args.listen and not args.as_engine:
                 print(listening_hint(server.tcp_url or "", server.token or ""), flush=True)
             sweep.start()
-            return run_headless(sweep, clients=True)  # ctl and attach can resume paused trials
+            # ctl and attach can resume paused trials; an attached client keeps a finished sweep's engine up
+            return run_headless(sweep, clients=True, watched=server.api.attached)
         finally:
             server.close()
     finally:

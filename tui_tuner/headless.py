@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
@@ -59,12 +60,14 @@ def _still(sweep: Sweep, paused: list[int], settle_s: float = 0.5) -> bool:
     return sweep.only_paused_left == paused
 
 
-def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None = None, clients: bool = False) -> int:
+def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None = None, clients: bool = False,
+                 watched: Callable[[], bool] | None = None) -> int:
     """Print what changes (trials starting and ending with their numbers, new bests) and a one-line summary
     every `summary_every` seconds while trials move, until the budget is spent (exit 0), a client stops the
     sweep over the API, or a Ctrl-C / SIGTERM / SIGHUP stops it gracefully (exit 128 + the signal); a second one
     during that stop exits at once. With `clients` (the engine serves its control API) paused trials wait for a
-    client to resume them (`ctl resume`, attach); without, nobody could, and it stops."""
+    client to resume them (`ctl resume`, attach); without, nobody could, and it stops. `watched` (a client is
+    attached): a finished sweep keeps going while it says so, so an attached app keeps its view (and can fork)."""
     # Looked up per call, not bound as the default at import: sys.stdout may since have been replaced (and the
     # old one closed), as pytest's capture does between tests.
     out = out or sys.stdout
@@ -108,7 +111,13 @@ def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None =
             next_summary = time.monotonic() + summary_every
             summarised: tuple[tuple[int, int], ...] = ()
             told_paused: list[int] = []
-            while not sweep.wait(min(1.0, summary_every)):
+            lingering = False
+            while not sweep.wait(min(1.0, summary_every)) or (watched is not None and watched()):
+                if sweep.finished and not lingering:
+                    lingering = True
+                    say("sweep finished: the engine stays up while a client is attached (it exits once none has "
+                        "been for a few seconds)", out)
+                lingering = lingering and sweep.finished
                 snap = sweep.snapshot()
                 report(snap, drain())
                 if clients:

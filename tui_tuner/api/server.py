@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import os
 import secrets
 import socket
@@ -56,6 +57,11 @@ def reply(obj: Any, status: int = 200) -> Response:
     return Response(dumps(obj), status_code=status, media_type="application/json")
 
 
+# A finished sweep's engine stays up while a client watches, and this long after the last one left: the app keeps
+# showing the results (and can fork a finished trial) instead of closing the moment the budget is spent.
+LINGER_S = 10.0
+
+
 class Api:
     """The routes. Reads run on the event loop (a snapshot is well under a millisecond); commands that may wait
     on a trial thread (fork checkpoints first) run in Starlette's thread pool; stop runs on its own thread."""
@@ -72,6 +78,15 @@ class Api:
         self.closing = False  # the server is shutting down: long-polls answer at once
         self._generation = 0  # bumped on every wake: a long-poll that saw it move returns "changed"
         self._wire: dict[int, tuple[int, bytes]] = {}  # trial number -> (version, its wire form)
+        # Clients seen: requests in flight (a long poll is one) and when the last one ended. Only the loop thread
+        # writes them; the engine's main thread reads them to keep a finished sweep up while it is watched.
+        self.in_flight = 0
+        self.last_seen = -math.inf
+
+    def attached(self, within: float = LINGER_S) -> bool:
+        """A client is watching: a request is in flight, or one ended less than `within` seconds ago (every
+        client polls several times a second)."""
+        return self.in_flight > 0 or time.monotonic() - self.last_seen < within
 
     # -- plumbing --------------------------------------------------------------------------------
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -350,8 +365,27 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
 
-def make_app(api: Api) -> Starlette:
-    return Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash})
+class Seen:
+    """Counts each request in and out on the Api, for `Api.attached`."""
+
+    def __init__(self, app: ASGIApp, api: Api) -> None:
+        self.app, self.api = app, api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.api.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.api.in_flight -= 1
+            self.api.last_seen = time.monotonic()
+
+
+def make_app(api: Api) -> ASGIApp:
+    return Seen(Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_error, Exception: _crash}),
+                api)
 
 
 class ListenError(ValueError):
