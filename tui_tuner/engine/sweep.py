@@ -226,6 +226,10 @@ class Sweep:
             self._phase = "stopping" if stopped_meanwhile else "running"
         self.events.emit("sweep_started", None, f"sweep {p.study_name} started in {self.run_dir}",
                          resumed=self._resuming)
+        if self.pbt is not None and self.scheduler.concurrency < p.study.n_trials:
+            self.events.emit("pbt_note", None, f"PBT: concurrency {self.scheduler.concurrency} < population "
+                             f"{p.study.n_trials}: members run a few at a time, and a member can only clone one "
+                             "that is running (raise study.concurrency to the population)")
         if stopped_meanwhile:  # stop() came while this was opening the study: carry that stop out now
             self._carry_out_stop(None, announce=True)
             return
