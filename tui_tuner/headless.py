@@ -112,7 +112,9 @@ def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None =
             summarised: tuple[tuple[int, int], ...] = ()
             told_paused: list[int] = []
             lingering = False
-            while not sweep.wait(min(1.0, summary_every)) or (watched is not None and watched()):
+            # Lingers after the budget is spent, never after a stop (ctl stop waits for this engine to exit).
+            while not sweep.wait(min(1.0, summary_every)) or (watched is not None and not sweep.stopping
+                                                               and watched()):
                 if sweep.finished and not lingering:
                     lingering = True
                     say("sweep finished: the engine stays up while a client is attached (it exits once none has "
