@@ -45,7 +45,7 @@ TRIALS = (
 )
 EVENTS = [Event(i + 1, T0 + 5 * i, kind, trial, msg) for i, (kind, trial, msg) in enumerate((
     ("sweep_started", None, "sweep snap started in /runs/snap"), ("started", 0, "trial 0 started"),
-    ("started", 1, "trial 1 started"), ("complete", 0, "trial 0 completed: eval loss 1.0500"),
+    ("started", 1, "trial 1 started"), ("complete", 0, "trial 0 completed: eval loss 1.050"),
     ("paused", 2, "trial 2 paused at step 420"), ("pruned", 3, "trial 3 pruned at step 300"),
     ("forked", 4, "trial 4 forked from trial 1 at step 400"),
 ))]
