@@ -28,7 +28,7 @@ def _pairs(chunks: list[str], width: int) -> str:
     return fit([c for c in chunks if c], width, indent="")
 
 
-def _rows(items: list[tuple[str, str]], width: int, least: int = 8) -> list[str]:
+def _rows(items: list[tuple[str, str]], width: int, least: int = 12) -> list[str]:
     """One "name value" entry per item: names padded to the longest (cut with "…" where that would leave the
     value under `least` columns); a long value goes on in its own column, never under the name."""
     if not items:
