@@ -71,7 +71,7 @@ class TuiTunerApp(App[int]):
         Binding("enter", "detail", "Detail", id="detail", show=False),
         Binding("t", "lineage", "Lineage", id="lineage", show=False),
         Binding("h", "filter", "Hide ended", id="filter", show=False),
-        *(Binding(str(i + 1), f"panel('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
+        *(Binding(str(i + 1), f"panel_key('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
           for i, p in enumerate(PANELS)),
     ]
 
@@ -463,14 +463,19 @@ class TuiTunerApp(App[int]):
             label = f"{i} {PANEL_TITLES[p]}" + (of if p in ("loss", "lr") else "")
             self.query_one(f"#tab-{p}", Tab).label = label
 
-    def action_panel(self, name: str) -> None:
-        if name not in PANELS:
-            return
-        if self.wide:  # every panel is on screen already: the key zooms that one (again: back to all)
+    def action_panel_key(self, name: str) -> None:
+        """1-4 (and the palette): show that panel; in the wide layout, where all are shown, zoom it (the same key
+        again: back to all)."""
+        if self.wide and name in PANELS:
             self.zoomed = not (self.zoomed and self.panel == name)
             self.screen.set_class(self.zoomed, "-zoomed")
             self.notify(f"{PANEL_TITLES[name]} panel zoomed ({PANELS.index(name) + 1} again: all panels)"
                         if self.zoomed else "all panels", timeout=2)
+        self.action_panel(name)
+
+    def action_panel(self, name: str) -> None:
+        if name not in PANELS:
+            return
         self.panel = name
         for p in PANELS:
             self.query_one(f"#panel-{p}").set_class(p == name, "-active")
@@ -565,7 +570,7 @@ class TuiTunerApp(App[int]):
         for i, p in enumerate(PANELS):
             name = "LR" if p == "lr" else p.capitalize()
             yield SystemCommand(f"Panel: {name} ({i + 1})", f"Show the {name} panel",
-                                lambda p=p: self.action_panel(p))  # type: ignore[misc]
+                                lambda p=p: self.action_panel_key(p))  # type: ignore[misc]
         for title, help_text, action in (
             ("Pause / resume trial", "Pause the selected trial, or resume it if paused", self.action_pause_resume),
             ("Kill trial", "Kill the selected trial (asks first)", self.action_kill),

@@ -51,7 +51,17 @@ class StepAxisFormatter(NumericAxisFormatter):
         self.max_ticks = max_ticks
 
     def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
-        return super().get_ticks(min_, max_, min(max_ticks, self.max_ticks))
+        # textual-plot's own picker takes max_ticks as a hint (one step coarser at most): this one keeps to it.
+        most = max(2, min(max_ticks, self.max_ticks))
+        if not max_ > min_:
+            return [min_]
+        base = 10.0 ** math.floor(math.log10((max_ - min_) / most))
+        for m in (1, 2, 5, 10, 20, 50):
+            every = m * base
+            first, last = math.ceil(min_ / every), math.floor(max_ / every)
+            if last - first + 1 <= most:
+                return [i * every for i in range(first, last + 1)]
+        return [min_, max_]
 
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
         return [fmt_count(t) for t in ticks]
