@@ -61,7 +61,7 @@ def wrap(text: str, width: int, indent: str = "") -> str:
 
 
 def fit(chunks: list[str], width: int, indent: str = "   ") -> str:
-    """Chunks joined by two spaces, a line broken only between chunks (a chunk such as "best 1.07 (#0)" stays
+    """Chunks joined by two spaces, a line broken only between chunks (a chunk such as "best 1.070 (#0)" stays
     whole)."""
     lines = [""]
     for c in chunks:
