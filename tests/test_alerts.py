@@ -16,7 +16,7 @@ from tests.conftest import tiny_preset_dict
 from tui_tuner import Preset, Sweep
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
-from tui_tuner.format import fmt_float
+from tui_tuner.format import fmt_loss
 from tui_tuner.preset import AlertsSection, PresetError
 from tui_tuner.ui.alerts import AlertWatcher
 from tui_tuner.ui.app import TuiTunerApp
@@ -52,14 +52,14 @@ def test_watcher_alerts_on_each_transition_once() -> None:
     got = w.observe(_snap(_t(0, "complete"), _t(1, "failed", "CUDA error: boom"), best=(0, 1.25)))
     assert [(a.kind, a.message, a.severity) for a in got] == [
         ("trial_failed", "trial #1 failed: CUDA error: boom", "error"),
-        ("new_best", "new best: trial #0, eval loss 1.25", "information")]
+        ("new_best", "new best: trial #0, eval loss 1.250", "information")]
     assert w.observe(_snap(_t(0, "complete"), _t(1, "failed"), best=(0, 1.25))) == []  # nothing new
     got = w.observe(_snap(_t(0, "complete"), _t(1, "failed"), _t(2, "complete"), best=(2, 1.0)))
-    assert [a.message for a in got] == ["new best: trial #2, eval loss 1 (was 1.25)"]
+    assert [a.message for a in got] == ["new best: trial #2, eval loss 1.000 (was 1.250)"]
     assert w.on_event(_ev("completed", "trial 2 completed")) == []
     got = w.on_event(_ev("sweep_finished", "sweep finished: budget spent"))
     assert [(a.message, a.severity) for a in got] == [
-        ("sweep finished: budget spent; best trial #2, eval loss 1", "information")]
+        ("sweep finished: budget spent; best trial #2, eval loss 1.000", "information")]
 
 
 def test_watcher_ignores_what_happened_before_it_watched() -> None:
@@ -137,7 +137,7 @@ async def test_a_sweep_finishing_rings_and_notifies(quick_app: Callable[..., Any
         shown = _alerts_shown(app)
         best = sweep.snapshot()
         assert shown[-1] == (f"sweep finished: budget spent; best trial #{best.best_trial}, eval loss "
-                             f"{fmt_float(best.best_value)}")
+                             f"{fmt_loss(best.best_value)}")
         assert any(m.startswith("new best: trial #") for m in shown)  # the first completed trial is a new best
         assert rings, "the bell did not ring"
         n = len(rings)

@@ -22,9 +22,9 @@ def test_progress_table_fits_the_width_and_keeps_words_whole(width: int) -> None
     for t in snap.trials:  # every param and the fork lineage survive whole, on the row or below it
         for k in ("lr=", "wd="):
             assert not t.params or any(w.startswith(k) and len(w) > len(k) for w in words)
-    assert "#1@400" in words and "best 1.07 (#0)" in table  # the best is never split across lines
+    assert "#1@400" in words and "best 1.070 (#0)" in table  # the best is never split across lines
     head = table.splitlines()[1 if width < 85 else 0]
-    assert ("best 1.07 (#0)" in head) or width < 85
+    assert ("best 1.070 (#0)" in head) or width < 85
     assert ("tok/s" in table) == (width >= 77)  # columns the width cannot hold go, the rest stay aligned
 
 
@@ -33,10 +33,10 @@ def test_summary_line_is_one_line_within_the_width() -> None:
     for width in (80, 120, 200):
         line = summary_line(snap, width)
         assert "\n" not in line and len(line) <= width, line
-    assert summary_line(snap, 200) == ("-- 754s done 1 run 2 paused 1 queued 1 pruned 1 failed 0 best 1.07 (#0)  "
+    assert summary_line(snap, 200) == ("-- 754s done 1 run 2 paused 1 queued 1 pruned 1 failed 0 best 1.070 (#0)  "
                                        "#1 640/1000 1.258  #2 420/1000 1.719  #4 560/1000 1.683")
     # Narrower: the zero count goes first, and trials that do not fit are counted, not cut.
-    assert summary_line(snap, 80) == "-- 754s done 1 run 2 paused 1 queued 1 pruned 1 best 1.07 (#0)  +3 active"
+    assert summary_line(snap, 80) == "-- 754s done 1 run 2 paused 1 queued 1 pruned 1 best 1.070 (#0)  +3 active"
 
 
 def test_headless_prints_changes_not_tables(make_sweep, monkeypatch) -> None:

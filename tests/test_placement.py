@@ -39,7 +39,7 @@ def test_a_trial_that_fits_nowhere_waits_with_what_it_needs_and_the_most_free():
     gpus = [gpu(0, total=24, trials=((0, 20),)), gpu(1, total=24, foreign=16)]
     got = place(gpus, 12 * G)
     assert got == Wait(12 * G, 8 * G, 1)
-    assert got.reason == "waiting for GPU memory: needs 12.0G, most free 8.0G on cuda:1"
+    assert got.reason == "waiting for GPU memory: needs 12.0G, most free 8.00G on cuda:1"
 
 
 def test_foreign_processes_memory_is_not_ours_to_use():

@@ -77,10 +77,10 @@ async def test_tabs_show_their_keys_and_the_loss_title_follows_log_y():
     async with _app().run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         labels = [str(t.label) for t in pilot.app.query_one(Tabs).query("Tab")]
-        assert labels == ["1 Loss", "2 LR", "3 System", "4 Events"]
+        assert labels == ["1 Loss #0", "2 LR #0", "3 System", "4 Events"]  # the charts' trial named (#0 selected)
         loss = pilot.app.query_one("#panel-loss")
-        assert loss.border_title == "Loss (l: log y)"
+        assert loss.border_title == "Loss #0 (l: log y)"
         await pilot.press("l")
-        assert loss.border_title == "Loss, log y (l: linear)"
+        assert loss.border_title == "Loss #0, log y (l: linear)"
         await pilot.press("l")
-        assert loss.border_title == "Loss (l: log y)"
+        assert loss.border_title == "Loss #0 (l: log y)"

@@ -40,3 +40,28 @@ def test_status_line_says_what_is_loading() -> None:
     text = status_text(loading, "my-preset").plain
     assert "snap" in text and "preset my-preset" in text and "loading model m…" in text
     assert len(TRIALS) and "done" not in text
+
+
+def test_end_reason_says_why_a_trial_stopped_short_and_in_full() -> None:
+    from tui_tuner.state_words import end_reason
+
+    cases = {
+        ("pruned", (("pruned_at_step", 300), ("pruned_reason", "pruned at step 300 by median"))): "pruner",
+        ("killed", (("stopped_by_user", True), ("stopped_at_step", 40))): "user",
+        ("failed", (("error", "out of memory at step 3 (batch_size=8, grad_accum=1): lower batch_size"),)): "OOM",
+        ("failed", (("error", "Diverged: train loss is nan at step 9 (lr=1.0e-2): diverged"),)): "diverged",
+        ("failed", (("error", "RuntimeError: boom"),)): "error",
+        ("complete", (("early_stopped_at_step", 80), ("early_stop_reason", "no eval improvement"))): "patience",
+        ("pruned", (("pbt_replaced_by", 7), ("pruned_reason", "PBT: bottom of 4"))): "PBT→#7",
+        ("pruned", (("pruned_reason", "not promoted: rank 3 of 4 at step 100 (eval 1.250)"),)): "not top-k",
+        ("cancelled", (("cancelled_by_user", True),)): "user",
+        ("interrupted", (("interrupted_at_step", 60),)): "stop",
+    }
+    for (state, attrs), short in cases.items():
+        got, full = end_reason(state, dict(attrs))
+        assert got == short and full, (state, attrs, got)
+    assert end_reason("killed", {"stopped_at_step": 40})[1] == "killed by the user at step 40"
+    assert end_reason("pruned", {"pruned_reason": "pruned at step 300 by median"})[1] == "pruned at step 300 by median"
+    # Not ended (a resumed trial may still carry an earlier interruption's attrs), or ran its full budget: nothing.
+    assert end_reason("running", {"interrupted_at_step": 60}) == ("", "")
+    assert end_reason("complete", {}) == ("", "")

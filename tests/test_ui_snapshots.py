@@ -40,12 +40,14 @@ def _trial(n: int, state: str, step: int, lr: float, **kw: Any) -> TrialSnapshot
 
 TRIALS = (
     _trial(0, "complete", 1000, 3e-3), _trial(1, "running", 640, 1e-3), _trial(2, "paused", 420, 5e-4),
-    _trial(3, "pruned", 300, 8e-3), _trial(4, "running", 560, 2e-3, parent=1, fork_step=400, origin="fork"),
+    _trial(3, "pruned", 300, 8e-3, user_attrs={"origin": "sampler", "pruned_at_step": 300,
+                                               "pruned_reason": "pruned at step 300 by median"}),
+    _trial(4, "running", 560, 2e-3, parent=1, fork_step=400, origin="fork"),
     TrialSnapshot(number=5, state="waiting", step=0, total_steps=None, params={}, overrides={}),
 )
 EVENTS = [Event(i + 1, T0 + 5 * i, kind, trial, msg) for i, (kind, trial, msg) in enumerate((
     ("sweep_started", None, "sweep snap started in /runs/snap"), ("started", 0, "trial 0 started"),
-    ("started", 1, "trial 1 started"), ("complete", 0, "trial 0 completed: eval loss 1.0500"),
+    ("started", 1, "trial 1 started"), ("complete", 0, "trial 0 completed: eval loss 1.050"),
     ("paused", 2, "trial 2 paused at step 420"), ("pruned", 3, "trial 3 pruned at step 300"),
     ("forked", 4, "trial 4 forked from trial 1 at step 400"),
 ))]
@@ -142,6 +144,21 @@ async def _until_previewed(pilot: Any) -> None:
         if found and str(found.first().render()):
             return
     raise AssertionError("the fork dialog's LR preview never came")
+
+
+async def _detail_of_3(pilot: Any) -> None:
+    """The pruned trial's detail screen: its reason, params, attrs, checkpoints and charts."""
+    await pilot.press("down", "down", "down", "enter")
+    await pilot.pause()
+    await pilot.pause()
+
+
+def test_detail_80x24(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_detail_of_3, terminal_size=(80, 24))
+
+
+def test_detail_120x40(snap_compare: Any) -> None:
+    assert snap_compare(_app(), run_before=_detail_of_3, terminal_size=(120, 40))
 
 
 def test_fork_dialog(snap_compare: Any) -> None:

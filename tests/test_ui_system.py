@@ -52,7 +52,7 @@ def test_memory_panel_says_when_trials_share_a_device_peak() -> None:
 
     shared = text(trial(0, "cuda:0"), trial(1, "cuda:0"), trial(2, "cuda:1")).splitlines()
     line = {n: next(x for x in shared if x.startswith(f" #{n} ")) for n in range(3)}
-    assert "own    1.0M" in line[0] and "GPU peak" in line[0] and "shared by 2 on cuda:0" in line[0]
+    assert "own   1.00M" in line[0] and "GPU peak" in line[0] and "shared by 2 on cuda:0" in line[0]
     assert "shared by 2 on cuda:0" in line[1]
     assert "shared" not in line[2]  # alone on its GPU: the peak is its own
     alone = text(trial(0, "cpu")).splitlines()
@@ -93,7 +93,7 @@ def test_system_panel_lists_each_gpu_with_its_trials_and_the_free_memory_placeme
                          gpus=(GpuView(0, 80 * g, 20 * g, 0, (1,)), GpuView(1, 80 * g, 5 * g, 75 * g)))
     lines = system_text(None, snap, 80).plain.splitlines()
     assert " cuda:0 free  20.0G/80.0G  other procs     0B  trials #1" in lines
-    assert " cuda:1 free   5.0G/80.0G  other procs  75.0G  trials -" in lines
+    assert " cuda:1 free  5.00G/80.0G  other procs  75.0G  trials -" in lines
     assert " #2 waiting for GPU memory: needs 30.0G, most free 20.0G on cuda:0" in lines
-    assert any(x.startswith(" #1 ") and "own    2.0G" in x for x in lines)
+    assert any(x.startswith(" #1 ") and "own   2.00G" in x for x in lines)
     assert all(len(x) <= 80 for x in lines)

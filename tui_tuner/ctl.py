@@ -135,7 +135,7 @@ def ls() -> int:
     """The live engines of this user on this box, one line each."""
     from tui_tuner.api import registry
     from tui_tuner.api.client import ApiClient, CommandError, NotRunning
-    from tui_tuner.format import fmt_float
+    from tui_tuner.format import fmt_loss
 
     rows = []
     for entry in registry.entries():
@@ -153,7 +153,7 @@ def ls() -> int:
         running = c.get("running", 0) + c.get("starting", 0)
         trials = (f"{running} run, {c.get('paused', 0)} paused, {c.get('complete', 0)} done"
                   f"/{st['n_trials']}" + (f", {c['failed']} failed" if c.get("failed") else ""))
-        best = f"{fmt_float(st['best_value'])} #{st['best_trial']}" if st["best_trial"] is not None else "-"
+        best = f"{fmt_loss(st['best_value'])} #{st['best_trial']}" if st["best_trial"] is not None else "-"
         rows.append((_short(entry["run_dir"]), str(st["pid"]), st["phase"], trials, best, _uptime(st["uptime"])))
     if not rows:
         print("no sweep is running on this box (for this user)")

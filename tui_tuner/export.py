@@ -16,6 +16,7 @@ from tui_tuner.engine.run_lock import RunDirLock, RunDirLockedError
 from tui_tuner.engine.storage_url import connect_problem, shown
 from tui_tuner.engine.study import make_storage
 from tui_tuner.engine.study_gateway import repair_torn_journal, state_of
+from tui_tuner.format import fmt_loss
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import CheckpointInfo, list_checkpoints
 
@@ -58,7 +59,7 @@ def export_run(run_dir: Path, out: Path | None = None) -> str:
         {"trial": best.number, "eval_loss": best.value, "searched": best.params, "params": full}, indent=2) + "\n")
     where = best_checkpoint(list_checkpoints(layout.trial(best.number)), best.value)  # type: ignore[arg-type]
     return (f"{said}wrote {out / 'trials.csv'} ({len(trials)} trials) and {out / 'best_params.json'}\n"
-            f"best trial #{best.number}: eval loss {best.value:.4f}; checkpoint: {where}")
+            f"best trial #{best.number}: eval loss {fmt_loss(best.value)}; checkpoint: {where}")
 
 
 def best_checkpoint(ckpts: list[CheckpointInfo], value: float) -> str:
@@ -70,8 +71,8 @@ def best_checkpoint(ckpts: list[CheckpointInfo], value: float) -> str:
     if not ckpts:
         return "(no checkpoint kept)"
     newest = ckpts[-1]
-    scored = f"eval loss {newest.eval_loss:.4f}" if newest.eval_loss is not None else "not evaluated"
-    return (f"none kept with its eval loss {value:.4f} (its final save failed or was removed; the newest kept, "
+    scored = f"eval loss {fmt_loss(newest.eval_loss)}" if newest.eval_loss is not None else "not evaluated"
+    return (f"none kept with its eval loss {fmt_loss(value)} (its final save failed or was removed; the newest kept, "
             f"step {newest.step} at {newest.path}, is {scored})")
 
 

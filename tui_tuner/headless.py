@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, TextIO
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
 from tui_tuner.engine.sweep import Sweep
 from tui_tuner.exit_codes import EXIT_HALTED, EXIT_INTERRUPTED
-from tui_tuner.format import fmt_float, fmt_params
+from tui_tuner.format import fmt_duration, fmt_loss, fmt_params, fmt_steps
 from tui_tuner.preset import AlertsSection
 from tui_tuner.report import (
     clock,
@@ -45,8 +45,8 @@ def details(ev: Event, t: TrialSnapshot | None) -> str:
         fork = f" ({lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)})" if t.parent is not None else ""
         return f": {fmt_params(t.params)}{fork}" if t.params else fork
     if ev.kind in ("complete", "pruned", "killed"):
-        took = f", {t.finished_at - t.started_at:.0f}s" if t.finished_at and t.started_at else ""
-        return f" [{t.step}/{t.total_steps or '?'} steps{took}, best {fmt_float(t.best_eval_loss)}]"
+        took = f", {fmt_duration(t.finished_at - t.started_at)}" if t.finished_at and t.started_at else ""
+        return f" [{fmt_steps(t.step, t.total_steps)} steps{took}, best {fmt_loss(t.best_eval_loss)}]"
     return ""
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
-from tui_tuner.format import fmt_bytes, fmt_float, fmt_params
+from tui_tuner.format import fmt_bytes, fmt_loss, fmt_lr, fmt_params, fmt_rate, fmt_steps
 from tui_tuner.lineage import ancestry, segments
 from tui_tuner.state_words import count_words, lineage_words, state_word
 
@@ -61,7 +61,7 @@ def wrap(text: str, width: int, indent: str = "") -> str:
 
 
 def fit(chunks: list[str], width: int, indent: str = "   ") -> str:
-    """Chunks joined by two spaces, a line broken only between chunks (a chunk such as "best 1.07 (#0)" stays
+    """Chunks joined by two spaces, a line broken only between chunks (a chunk such as "best 1.070 (#0)" stays
     whole)."""
     lines = [""]
     for c in chunks:
@@ -72,11 +72,13 @@ def fit(chunks: list[str], width: int, indent: str = "   ") -> str:
 
 
 def _best(snap: SweepSnapshot) -> str:
-    return f"best {fmt_float(snap.best_value)} (#{snap.best_trial})" if snap.best_trial is not None else "best -"
+    if snap.best_trial is None or snap.best_value is None:
+        return "best: none yet"
+    return f"best {fmt_loss(snap.best_value)} (#{snap.best_trial})"
 
 
 def _step(t: TrialSnapshot) -> str:
-    return f"{t.step}/{t.total_steps or '?'}" if t.state != "waiting" else "-"
+    return fmt_steps(t.step, t.total_steps) if t.state != "waiting" else "-"
 
 
 # (title, width, cell); the last ones are dropped first when the terminal is too narrow for them.
@@ -84,11 +86,11 @@ _COLUMNS: tuple[tuple[str, int, Callable[[TrialSnapshot], str]], ...] = (
     ("#", -4, lambda t: str(t.number)),
     ("state", 11, lambda t: state_word(t.state, t.user_attrs)),
     ("step", -11, _step),
-    ("loss", -7, lambda t: fmt_float(t.loss)),
-    ("eval", -7, lambda t: fmt_float(t.eval_loss)),
-    ("best", -7, lambda t: fmt_float(t.best_eval_loss)),
-    ("lr", -8, lambda t: fmt_float(t.lr, 2)),
-    ("tok/s", -7, lambda t: fmt_float(t.tokens_per_s, 0)),
+    ("loss", -7, lambda t: fmt_loss(t.loss)),
+    ("eval", -7, lambda t: fmt_loss(t.eval_loss)),
+    ("best", -7, lambda t: fmt_loss(t.best_eval_loss)),
+    ("lr", -8, lambda t: fmt_lr(t.lr)),
+    ("tok/s", -7, lambda t: fmt_rate(t.tokens_per_s)),
     ("mem", -7, lambda t: fmt_bytes(t.peak_mem_bytes)),
 )
 _KEPT = 6  # #, state, step, loss, eval, best: never dropped
@@ -137,7 +139,7 @@ def summary_line(snap: SweepSnapshot, width: int | None = None) -> str:
         counts.remove(next(c for c in reversed(counts) if c[1] == 0))
     line = head()
     for i, t in enumerate(running):
-        item = f"  #{t.number} {_step(t)}" + (f" {fmt_float(t.eval_loss)}" if t.eval_loss is not None else "")
+        item = f"  #{t.number} {_step(t)}" + (f" {fmt_loss(t.eval_loss)}" if t.eval_loss is not None else "")
         more = f"  +{len(running) - i - 1} active" if i < len(running) - 1 else ""
         if len(line) + len(item) + len(more) > width:
             return line + f"  +{len(running) - i} active"
@@ -151,7 +153,7 @@ def summary(sweep: Reported) -> str:
         return "no trial completed"
     where = best.checkpoints[-1].path if best.checkpoints else "(no checkpoint)"
     width = terminal_width()
-    lines = [f"best trial #{best.number}: eval loss {best.eval_loss:.4f}",
+    lines = [f"best trial #{best.number}: eval loss {fmt_loss(best.eval_loss)}",
              wrap(f"  params: {best.params}", width, "    ")]
     if best.overrides:
         lines.append(wrap(f"  overrides: {best.overrides}", width, "    "))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tui_tuner.format import fmt_loss
+
 
 class EarlyStop:
     """Fed every eval of a trial in step order. An eval improves when it is more than `min_delta` below the
@@ -44,4 +46,4 @@ class EarlyStop:
     def reason(self) -> str:
         """Why it stopped, in the words of the trial's `early_stop_reason` attr."""
         return (f"no eval improvement > {self.min_delta:g} in {self.stale} evals "
-                f"(best {self.best:.4f} at step {self.best_step})")
+                f"(best {fmt_loss(self.best)} at step {self.best_step})")

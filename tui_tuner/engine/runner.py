@@ -26,7 +26,7 @@ from tui_tuner.engine.promotion import PROMOTED_ATTR, Promotion
 from tui_tuner.engine.run_dir import RunDir
 from tui_tuner.engine.study_gateway import StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRun
-from tui_tuner.format import error_line
+from tui_tuner.format import error_line, fmt_loss, fmt_lr
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import CheckpointInfo, CheckpointKind, list_checkpoints, prune_checkpoints
 
@@ -170,7 +170,7 @@ class TrialRunner:
             run.control.boundary(self._on_pause, self._on_resume)
             m = ft.step()
             if not math.isfinite(m.loss):
-                raise Diverged(f"train loss is {m.loss} at step {m.step} (lr={m.lr:.3g}): diverged")
+                raise Diverged(f"train loss is {m.loss} at step {m.step} (lr={fmt_lr(m.lr)}): diverged")
             row = {"step": m.step, "loss": m.loss, "lr": m.lr, "grad_norm": m.grad_norm,
                    "tokens_per_s": m.tokens_per_s, "step_time": m.step_time, "mem_bytes": m.mem_bytes,
                    "time": time.time()}
@@ -218,7 +218,7 @@ class TrialRunner:
         if not math.isfinite(final):
             raise Diverged(f"final eval loss is {final} at step {run.step}")
         self._tell(OptunaState.COMPLETE, final)
-        self._end(S.COMPLETE, f"trial {run.number} completed: eval loss {final:.4f}")
+        self._end(S.COMPLETE, f"trial {run.number} completed: eval loss {fmt_loss(final)}")
 
     # -- pieces --------------------------------------------------------------------------------
     def _early_stop(self) -> EarlyStop:
@@ -240,7 +240,7 @@ class TrialRunner:
         self._set_attrs(early_stopped_at_step=run.step, early_stop_reason=reason)
         self._tell(OptunaState.COMPLETE, best)
         self._end(S.COMPLETE, f"trial {run.number} completed, early stopped at step {run.step}: {reason}; best "
-                  f"eval loss {best:.4f}", early_stopped=True)
+                  f"eval loss {fmt_loss(best)}", early_stopped=True)
 
     def _eval_step(self) -> float | None:
         last = self.run.history.series["eval_loss"].last()
@@ -266,7 +266,7 @@ class TrialRunner:
         run, conf = self.run, self.host.preset.promote
         assert conf is not None
         self._set_attrs(parked_at_step=run.step, rung_eval=eval_loss)
-        self._end(S.PARKED, f"trial {run.number} parked at step {run.step} (eval {eval_loss:.4f}): the best "
+        self._end(S.PARKED, f"trial {run.number} parked at step {run.step} (eval {fmt_loss(eval_loss)}): the best "
                   f"{conf.top_k} at this step continue to step {run.total}")
 
     def _pbt_boundary(self) -> None:
@@ -282,8 +282,8 @@ class TrialRunner:
         if got is None:
             return
         d, child = got
-        why = (f"PBT: bottom of {d.ranked} at step {d.step} (eval {d.loser_score:.4g}), replaced by trial {child}, "
-               f"a clone of trial {d.donor} (eval {d.donor_score:.4g})")
+        why = (f"PBT: bottom of {d.ranked} at step {d.step} (eval {fmt_loss(d.loser_score)}), replaced by trial "
+               f"{child}, a clone of trial {d.donor} (eval {fmt_loss(d.donor_score)})")
         raise Replaced(f"trial {self.run.number} replaced at step {d.step} by trial {child} (PBT: clone of trial "
                        f"{d.donor})", {"pbt_replaced_by": child, "pruned_reason": why})
 
@@ -355,7 +355,7 @@ class TrialRunner:
         self._set_attrs(pruned_at_step=run.step, **extra)
         self._tell(OptunaState.PRUNED)
         what = str(e) if isinstance(e, Replaced) else f"trial {run.number} pruned at step {run.step}"
-        self._end(S.PRUNED, f"{what} (eval loss {run.last.get('eval_loss', math.nan):.4f})")
+        self._end(S.PRUNED, f"{what} (eval loss {fmt_loss(run.last.get('eval_loss'))})")
 
     def _finish_interrupted(self, because: str = "the sweep stop") -> None:
         """The sweep is stopping: checkpoint, and leave the trial RUNNING in Optuna with where to continue from.

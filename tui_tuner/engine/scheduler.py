@@ -22,7 +22,7 @@ from tui_tuner.engine.placement import Wait
 from tui_tuner.engine.promotion import PROMOTED_ATTR, RUNG_ATTR, Promotion, Rung
 from tui_tuner.engine.study_gateway import ELAPSED_ATTR, StorageError, StudyGateway
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
-from tui_tuner.format import error_line
+from tui_tuner.format import error_line, fmt_loss
 from tui_tuner.params import TrialParams
 from tui_tuner.preset import Preset
 from tui_tuner.training.checkpoint_files import list_checkpoints
@@ -240,7 +240,8 @@ class Scheduler:
         for n, rank in d.drop:
             run = h.registry.get(n)
             assert run is not None
-            why = (f"not promoted: rank {rank} of {d.ranked} at step {t1} (eval {run.user_attrs[RUNG_ATTR]:.4g}); "
+            rung = fmt_loss(run.user_attrs.get(RUNG_ATTR))  # absent when rank is 0 (no finite eval)
+            why = (f"not promoted: rank {rank} of {d.ranked} at step {t1} (eval {rung}); "
                    f"the best {len(d.promote)} continue" if rank else "not promoted: no finite eval at the rung")
             self._tell_ended(run, S.PRUNED, OptunaState.PRUNED, {"pruned_at_step": t1, "pruned_reason": why},
                              f"trial {n} pruned at step {t1}: {why}")

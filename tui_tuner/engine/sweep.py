@@ -53,7 +53,7 @@ from tui_tuner.engine.storage_url import connect_problem
 from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.engine.workers import WorkerBeat, new_worker_id
-from tui_tuner.format import error_line, fmt_value
+from tui_tuner.format import error_line, fmt_loss, fmt_value
 from tui_tuner.params import PARAM_NAMES, TrialParams, first_error, fork_fixed_params
 from tui_tuner.preset import Preset, PresetError
 from tui_tuner.training.checkpoint_files import CheckpointInfo, checkpoint_dir, list_checkpoints
@@ -585,8 +585,8 @@ class Sweep:
             return None
         change = ", ".join(f"{k} {fmt_value(a)}→{fmt_value(b)}" for k, (a, b) in diff.items()) or "no change"
         self.events.emit("pbt_exploit", child, f"PBT: trial {child} clones trial {decision.donor} at step "
-                         f"{source.step} in place of trial {run.number} (eval {decision.loser_score:.4g} vs "
-                         f"{decision.donor_score:.4g} at step {step}, bottom of {decision.ranked}); {change}",
+                         f"{source.step} in place of trial {run.number} (eval {fmt_loss(decision.loser_score)} vs "
+                         f"{fmt_loss(decision.donor_score)} at step {step}, bottom of {decision.ranked}); {change}",
                          parent=decision.donor, replaces=run.number, step=source.step, changes=diff)
         return decision, child
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from tui_tuner.format import fmt_float
+from tui_tuner.format import fmt_loss
 
 if TYPE_CHECKING:
     from tui_tuner.engine.events import Event
@@ -61,9 +61,9 @@ class AlertWatcher:
                 why = failed[n].error or "no reason recorded"
                 found.append(Alert("trial_failed", f"trial #{n} failed: {why}", "error"))
             if snap.best_value is not None and (self._best is None or snap.best_value < self._best[1]):
-                was = f" (was {fmt_float(self._best[1])})" if self._best is not None else ""
+                was = f" (was {fmt_loss(self._best[1])})" if self._best is not None else ""
                 found.append(Alert("new_best", f"new best: trial #{snap.best_trial}, eval loss "
-                                               f"{fmt_float(snap.best_value)}{was}"))
+                                               f"{fmt_loss(snap.best_value)}{was}"))
         self._watching = True
         self._failed = set(failed)
         if snap.best_value is not None and snap.best_trial is not None:
@@ -75,7 +75,7 @@ class AlertWatcher:
         emits sweep_halted first, which is not alerted twice). Earlier processes' events are history."""
         if ev.kind != "sweep_finished" or ev.earlier:
             return []
-        best = (f"; best trial #{self._best[0]}, eval loss {fmt_float(self._best[1])}" if self._best
+        best = (f"; best trial #{self._best[0]}, eval loss {fmt_loss(self._best[1])}" if self._best
                 else "; no trial completed")
         found = [Alert("sweep_finished", ev.message + best, "error" if "halted" in ev.message else "information")]
         return [a for a in found if self.enabled[a.kind]]

@@ -70,7 +70,8 @@ class TuiTunerApp(App[int]):
         Binding("l", "log_y", "Log y", id="log_y"),
         Binding("enter", "detail", "Detail", id="detail", show=False),
         Binding("t", "lineage", "Lineage", id="lineage", show=False),
-        *(Binding(str(i + 1), f"panel('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
+        Binding("h", "filter", "Hide ended", id="filter", show=False),
+        *(Binding(str(i + 1), f"panel_key('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
           for i, p in enumerate(PANELS)),
     ]
 
@@ -92,6 +93,8 @@ class TuiTunerApp(App[int]):
         self.stop_signal: int | None = None  # the signal that asked for the stop, if one did
         self.log_y = False
         self.panel = "loss"
+        self.zoomed = False  # wide layout: the active panel alone in the panels' area (1-4)
+        self._titled: int | None = -1  # the trial the panel titles name
         self.snap: SweepSnapshot | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._accepting = False
@@ -146,7 +149,7 @@ class TuiTunerApp(App[int]):
         return self.screen.has_class("-wide")
 
     def panel_visible(self, name: str) -> bool:
-        return self.wide or self.panel == name
+        return (self.wide and not self.zoomed) or self.panel == name
 
     # -- engine link ---------------------------------------------------------------------------
     def _engine_callback(self, ev: Event) -> None:
@@ -241,6 +244,7 @@ class TuiTunerApp(App[int]):
         self.notify(f"alerts: {LABELS[what]} {'on' if on else 'off'}", timeout=3)
 
     def _draw_panels(self, snap: SweepSnapshot, selected: int | None) -> None:
+        self._title_charts(selected)
         versions = tuple((t.number, t.version) for t in snap.trials)
         sel_version = next((t.version for t in snap.trials if t.number == selected), None)
         if self.panel_visible("loss"):
@@ -423,6 +427,14 @@ class TuiTunerApp(App[int]):
         k = self.source.concurrency + delta
         self._command(lambda: self.source.set_concurrency(k), f"concurrency {k}")
 
+    def action_filter(self) -> None:
+        table = self.query_one(TrialsTable)
+        hidden = table.toggle_filter()
+        self.notify(f"hiding {table.hidden} trials that ended early (h: show all)" if hidden
+                    else "showing every trial", timeout=2)
+        if self.snap is not None:
+            self._draw_panels(self.snap, table.selected)
+
     def action_sort(self) -> None:
         label = self.query_one(TrialsTable).cycle_sort()
         self.notify(f"sorted by {label}", timeout=1.5)
@@ -433,8 +445,33 @@ class TuiTunerApp(App[int]):
         self.refresh_view()
 
     def _title_loss(self) -> None:
-        """The loss panel's title says which scale it shows and what `l` turns it to."""
-        self.query_one("#panel-loss").border_title = "Loss, log y (l: linear)" if self.log_y else "Loss (l: log y)"
+        """The loss panel's title names the selected trial, the scale it shows and what `l` turns it to."""
+        n = self.query_one(TrialsTable).selected
+        of = f" #{n}" if n is not None else ""
+        self.query_one("#panel-loss").border_title = (f"Loss{of}, log y (l: linear)" if self.log_y
+                                                      else f"Loss{of} (l: log y)")
+
+    def _title_charts(self, selected: int | None) -> None:
+        """The chart panels' titles (wide) and tabs (narrow) name the trial the charts single out."""
+        if selected == self._titled:
+            return
+        self._titled = selected
+        of = f" #{selected}" if selected is not None else ""
+        self._title_loss()
+        self.query_one("#panel-lr").border_title = f"LR{of}"
+        for i, p in enumerate(PANELS, 1):
+            label = f"{i} {PANEL_TITLES[p]}" + (of if p in ("loss", "lr") else "")
+            self.query_one(f"#tab-{p}", Tab).label = label
+
+    def action_panel_key(self, name: str) -> None:
+        """1-4 (and the palette): show that panel; in the wide layout, where all are shown, zoom it (the same key
+        again: back to all)."""
+        if self.wide and name in PANELS:
+            self.zoomed = not (self.zoomed and self.panel == name)
+            self.screen.set_class(self.zoomed, "-zoomed")
+            self.notify(f"{PANEL_TITLES[name]} panel zoomed ({PANELS.index(name) + 1} again: all panels)"
+                        if self.zoomed else "all panels", timeout=2)
+        self.action_panel(name)
 
     def action_panel(self, name: str) -> None:
         if name not in PANELS:
@@ -533,7 +570,7 @@ class TuiTunerApp(App[int]):
         for i, p in enumerate(PANELS):
             name = "LR" if p == "lr" else p.capitalize()
             yield SystemCommand(f"Panel: {name} ({i + 1})", f"Show the {name} panel",
-                                lambda p=p: self.action_panel(p))  # type: ignore[misc]
+                                lambda p=p: self.action_panel_key(p))  # type: ignore[misc]
         for title, help_text, action in (
             ("Pause / resume trial", "Pause the selected trial, or resume it if paused", self.action_pause_resume),
             ("Kill trial", "Kill the selected trial (asks first)", self.action_kill),
@@ -542,6 +579,8 @@ class TuiTunerApp(App[int]):
             ("Concurrency +1", "Run one more trial at a time", lambda: self.action_concurrency(1)),
             ("Concurrency -1", "Run one fewer trial at a time", lambda: self.action_concurrency(-1)),
             ("Sort trials", "Cycle the table's sort column", self.action_sort),
+            ("Hide ended trials", "Hide or show pruned, failed, killed, cancelled and interrupted trials (h)",
+             self.action_filter),
             ("Toggle log-y", "Log scale for the loss chart", self.action_log_y),
             ("Trial detail", "All params, user attrs and checkpoints of the selected trial", self.action_detail),
             ("Lineage tree", "Forks and PBT clones under the trial they started from (t)", self.action_lineage),

@@ -14,7 +14,7 @@ from textual.widgets import Static
 from textual_plot import HiResMode, NumericAxisFormatter, PlotWidget
 
 from tui_tuner.engine.snapshot import SweepSnapshot
-from tui_tuner.format import fmt_float
+from tui_tuner.format import fmt_count, fmt_loss, fmt_lr
 from tui_tuner.ui.source import SweepSource
 
 SELECTED = "bold bright_yellow"
@@ -24,16 +24,55 @@ PLANNED = "grey50"
 PARENT = "blue"  # a fork's curve before its fork step: its parent's
 
 
+class LossAxisFormatter(NumericAxisFormatter):
+    """Loss ticks labelled as the table prints losses."""
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [fmt_loss(t) for t in ticks]
+
+
 class LogAxisFormatter(NumericAxisFormatter):
-    """Ticks placed on log10 values, labelled with the value itself (textual-plot has no log axis)."""
+    """Ticks placed on log10 values, labelled with the loss itself (textual-plot has no log axis)."""
 
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
-        return [fmt_float(10**t, 2) for t in ticks]
+        return [fmt_loss(10**t) for t in ticks]
 
 
-class SciAxisFormatter(NumericAxisFormatter):
+class LrAxisFormatter(NumericAxisFormatter):
     def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
-        return [fmt_float(t, 2) for t in ticks]
+        return [fmt_lr(t) for t in ticks]
+
+
+class StepAxisFormatter(NumericAxisFormatter):
+    """Step ticks, no more than the width holds apart: textual-plot asks for 8 whatever the width, and at 40
+    columns "500 100015002000" ran together."""
+
+    def __init__(self, max_ticks: int) -> None:
+        self.max_ticks = max_ticks
+
+    def get_ticks(self, min_: float, max_: float, max_ticks: int = 8) -> list[float]:
+        # textual-plot's own picker takes max_ticks as a hint (one step coarser at most): this one keeps to it.
+        most = max(2, min(max_ticks, self.max_ticks))
+        if not max_ > min_:
+            return [min_]
+        base = 10.0 ** math.floor(math.log10((max_ - min_) / most))
+        for m in (1, 2, 5, 10, 20, 50):
+            every = m * base
+            first, last = math.ceil(min_ / every), math.floor(max_ / every)
+            if last - first + 1 <= most:
+                return [i * every for i in range(first, last + 1)]
+        return [min_, max_]
+
+    def get_labels_for_ticks(self, ticks: Sequence[float]) -> list[str]:
+        return [fmt_count(t) for t in ticks]
+
+
+TICK_ROOM = 8  # columns per x tick label: "20000" and the gap to the next
+
+
+def step_ticks(plot_width: int) -> int:
+    """How many x ticks a plot `plot_width` columns wide holds without its labels touching."""
+    return max(2, plot_width // TICK_ROOM)
 
 
 def _xy(points: Sequence[tuple[float, float]], log_y: bool = False) -> tuple[list[float], list[float]]:
@@ -61,6 +100,10 @@ class Chart(PlotWidget, can_focus=False):
         self.draw_cost_s = 0.0  # CPU seconds of the last redraw (series pulls + rasterising), for pacing
         self._pulled_s = 0.0
 
+    def fit_x_axis(self) -> None:
+        """As many step ticks as the plot's width holds (call before plotting: the width may have changed)."""
+        self.set_x_formatter(StepAxisFormatter(step_ticks(self.size.width - self.margin_left)))
+
     @property
     def max_points(self) -> int:
         return max(32, self.size.width)
@@ -86,7 +129,8 @@ class LossChart(Chart):
 
     def draw(self, source: SweepSource, snap: SweepSnapshot, selected: int | None, log_y: bool) -> None:
         self.clear()
-        self.set_y_formatter(LogAxisFormatter() if log_y else SciAxisFormatter())
+        self.fit_x_axis()
+        self.set_y_formatter(LogAxisFormatter() if log_y else LossAxisFormatter())
         pts = self.max_points
         numbers = [t.number for t in snap.trials if t.state != "waiting" and t.number != selected]
         for n in numbers:
@@ -130,7 +174,8 @@ class LrChart(Chart):
 
     def draw(self, source: SweepSource, snap: SweepSnapshot, selected: int | None) -> None:
         self.clear()
-        self.set_y_formatter(SciAxisFormatter())
+        self.fit_x_axis()
+        self.set_y_formatter(LrAxisFormatter())
         self._say("")
         if selected is None:
             return

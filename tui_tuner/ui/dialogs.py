@@ -19,7 +19,7 @@ from textual.widgets.option_list import Option
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.snapshot import TrialSnapshot
-from tui_tuner.format import fmt_exact, fmt_float
+from tui_tuner.format import fmt_exact, fmt_loss, fmt_lr
 from tui_tuner.params import TrialParams, fork_fixed_params
 from tui_tuner.ui.charts import sparkline
 
@@ -164,7 +164,7 @@ class ParamsDialog(ModalScreen[int | None]):
                     options.append(Option(f"now (new checkpoint at step ≥ {self.trial.step})"))
                     self._steps.append(None)
                 for c in reversed(self.trial.checkpoints):
-                    options.append(Option(f"step {c.step:>6}   eval {fmt_float(c.eval_loss)}"))
+                    options.append(Option(f"step {c.step:>6}   eval {fmt_loss(c.eval_loss)}"))
                     self._steps.append(c.step)
                 yield OptionList(*options, id="checkpoints")
             with VerticalScroll(id="param-rows"):
@@ -335,7 +335,7 @@ def _answer(ask: Callable[[], Any]) -> tuple[Any, str]:
 
 def lr_preview(plan: ForkPlan, width: int = 26) -> str:
     """Two lines: the typed LR is the peak, what the child starts at, and its planned LR from the fork step on."""
-    start = fmt_float(plan.start_lr)
-    end = fmt_float(plan.plan[-1][1] if plan.plan else None)
-    return (f"learning_rate {fmt_float(plan.peak_lr)} is the schedule's peak, not the child's LR:\n"
+    start = fmt_lr(plan.start_lr)
+    end = fmt_lr(plan.plan[-1][1] if plan.plan else None)
+    return (f"learning_rate {fmt_lr(plan.peak_lr)} is the schedule's peak, not the child's LR:\n"
             f"child's LR {plan.step}→{plan.total_steps}: {sparkline(plan.plan, width, plan.peak_lr)} {start}→{end}")

@@ -22,8 +22,9 @@ HELP = """\
   [b]n[/b]        new trial with chosen params (runs next)
   [b]+ / -[/b]    raise / lower concurrency
   [b]s[/b]        cycle the table's sort column
+  [b]h[/b]        hide / show trials that ended early (pruned, failed, killed...)
   [b]l[/b]        log-scale the loss chart
-  [b]1-4[/b]      show the Loss / LR / System / Events panel (narrow terminals)
+  [b]1-4[/b]      show the Loss / LR / System / Events panel (wide: zoom it; again: all)
   [b]ctrl+p[/b]   command palette (every action)
   [b]q[/b]        quit: running trials checkpoint and stop (asks first)
 
