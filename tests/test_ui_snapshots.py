@@ -10,6 +10,7 @@ from typing import Any
 from tui_tuner import Preset
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
+from tui_tuner.engine.insight import Insight, InsightPoint, ParamInsight
 from tui_tuner.engine.snapshot import STATES, CheckpointView, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.system import SystemSample
 from tui_tuner.params import TrialParams
@@ -50,6 +51,13 @@ EVENTS = [Event(i + 1, T0 + 5 * i, kind, trial, msg) for i, (kind, trial, msg) i
     ("forked", 4, "trial 4 forked from trial 1 at step 400"),
 ))]
 
+INSIGHT = Insight(finished=2, complete=1, params=tuple(
+    ParamInsight(name, share, log=name == "learning_rate", bounds=(PRESET.search[name].low, PRESET.search[name].high),
+                 points=tuple(
+        InsightPoint(t.number, t.params[name], t.eval_loss or 0.0, t.state) for t in TRIALS if t.state in
+        ("complete", "pruned")))
+    for name, share in (("learning_rate", 0.8), ("weight_decay", 0.2))))
+
 
 class FakeSweep:
     """Same read API as Sweep, fixed data; commands do nothing. For layout snapshots only."""
@@ -78,6 +86,9 @@ class FakeSweep:
 
     def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
         return [(s, 1e-3 * 0.5 * (1 + math.cos(math.pi * s / 1000))) for s in range(0, 1001, 10)]
+
+    def insight(self) -> Insight:
+        return INSIGHT
 
     def events_since(self, seq: int = 0) -> list[Event]:
         return [e for e in EVENTS if e.seq > seq]
