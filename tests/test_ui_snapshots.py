@@ -1,4 +1,5 @@
-"""Layout snapshots of the TUI at 80×24 and 120×40 and of the fork dialog, from a fixed fake sweep (layout only)."""
+"""Layout snapshots of the TUI at 80×24, 120×40 and 200×60, of the Insight tab, the comparison screen and the fork
+dialog, from a fixed fake sweep (layout only)."""
 
 from __future__ import annotations
 
@@ -136,8 +137,35 @@ def test_main_120x40(snap_compare: Any) -> None:
     assert snap_compare(_app(), terminal_size=(120, 40))
 
 
+async def _until_insight(pilot: Any) -> None:
+    """The Insight panel fills from a thread: wait for it, so the snapshot does not race it."""
+    for _ in range(200):
+        if pilot.app.query_one("InsightPanel").insight is not None:
+            await pilot.pause()
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("the insight never came")
+
+
 def test_main_200x60_wide(snap_compare: Any) -> None:
-    assert snap_compare(_app(), terminal_size=(200, 60))
+    assert snap_compare(_app(), run_before=_until_insight, terminal_size=(200, 60))
+
+
+def test_insight_tab_80x24(snap_compare: Any) -> None:
+    async def run_before(pilot: Any) -> None:
+        await pilot.press("5")
+        await _until_insight(pilot)
+
+    assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_compare_80x24(snap_compare: Any) -> None:
+    async def run_before(pilot: Any) -> None:
+        await pilot.press("c", "down", "down", "down", "down", "c")  # #0 (selected first) marked, then the fork #4
+        pilot.app.clear_notifications()  # the "marked" toast would hide the LR chart's axis
+        await pilot.pause()
+
+    assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))
 
 
 def test_system_tab_80x24(snap_compare: Any) -> None:

@@ -102,6 +102,7 @@ class CompareScreen(Screen[None]):
         self.source = source
         self.numbers = (a, b)
         self._versions: tuple[int | None, int | None] | None = None
+        self.rows: list[tuple[str, str, str, bool]] = []  # what the table shows (what, a's, b's, differ)
 
     def compose(self) -> ComposeResult:
         a, b = self.numbers
@@ -131,8 +132,8 @@ class CompareScreen(Screen[None]):
             missing = self.numbers[0] if a is None else self.numbers[1]
             self.query_one("#compare-table", Static).update(Text(f"no trial #{missing} in this sweep", "red"))
             return
-        rows = compare_rows(self.source, snap.trials, a, b)
-        self.query_one("#compare-table", Static).update(compare_table(rows, a.number, b.number))
+        self.rows = compare_rows(self.source, snap.trials, a, b)
+        self.query_one("#compare-table", Static).update(compare_table(self.rows, a.number, b.number))
         loss, lr = self.query_one("#compare-loss", OverlayChart), self.query_one("#compare-lr", OverlayChart)
         loss.draw(self.source, self.numbers, "loss", "step · train loss (eval ●)", marks="eval_loss")
         lr.draw(self.source, self.numbers, "lr", "step · LR")
