@@ -116,7 +116,7 @@ class TuiTunerApp(App[int]):
     def compose(self) -> ComposeResult:
         yield StatusLine(preset=self.source.preset.name, id="status")
         yield TrialsTable(id="trials")
-        # Each tab shows its key: 1-4 switch panels (the tabs are the only place a user learns that)
+        # Each tab shows its key: 1-5 switch panels (the tabs are the only place a user learns that)
         yield Tabs(*(Tab(f"{i} {PANEL_TITLES[p]}", id=f"tab-{p}") for i, p in enumerate(PANELS, 1)), id="panel-tabs")
         with Container(id="panels"):
             yield LossChart(id="panel-loss", classes="panel -active")
@@ -279,8 +279,9 @@ class TuiTunerApp(App[int]):
         def job() -> None:
             try:
                 insight = source.insight()
-            except Exception as e:  # a reason in the panel, never a traceback
+            except Exception as e:  # a reason in the panel, never a traceback; the next refresh asks again
                 insight = Insight(finished=0, complete=0, reason=f"no insight: {type(e).__name__}: {e}")
+                self._insight_key = None
             if self._accepting:
                 with contextlib.suppress(RuntimeError):
                     self.post_message(InsightReady(insight))
