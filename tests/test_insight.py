@@ -10,7 +10,8 @@ from typing import Any
 import optuna
 import pytest
 
-from tui_tuner.engine.insight import Insight, build
+from tui_tuner.engine.insight import build
+from tui_tuner.engine.snapshot import Insight
 from tui_tuner.engine.study_gateway import StudyGateway
 from tui_tuner.preset import Preset
 

@@ -495,7 +495,7 @@ async def test_insight_panel_shows_importances_once_trials_finish(short_sweep: t
 
 
 async def test_insight_panel_says_why_there_are_no_importances() -> None:
-    from tui_tuner.engine.insight import Insight
+    from tui_tuner.engine.snapshot import Insight
     from tui_tuner.ui.insight_panel import InsightPanel
 
     class Early(FakeSweep):

@@ -11,8 +11,15 @@ from typing import Any
 from tui_tuner import Preset
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.insight import Insight, InsightPoint, ParamInsight
-from tui_tuner.engine.snapshot import STATES, CheckpointView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import (
+    STATES,
+    CheckpointView,
+    Insight,
+    InsightPoint,
+    ParamInsight,
+    SweepSnapshot,
+    TrialSnapshot,
+)
 from tui_tuner.engine.system import SystemSample
 from tui_tuner.params import TrialParams
 from tui_tuner.training.schedules import planned_lrs

@@ -26,8 +26,7 @@ from tui_tuner.api.wire import (
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.insight import Insight
-from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import Insight, SweepSnapshot, TrialSnapshot
 
 if TYPE_CHECKING:
     from tui_tuner.engine.system import SystemSample

@@ -9,9 +9,16 @@ from typing import Any
 
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.insight import Insight, InsightPoint, ParamInsight
 from tui_tuner.engine.lifecycle import TrialState
-from tui_tuner.engine.snapshot import CheckpointView, GpuView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import (
+    CheckpointView,
+    GpuView,
+    Insight,
+    InsightPoint,
+    ParamInsight,
+    SweepSnapshot,
+    TrialSnapshot,
+)
 from tui_tuner.engine.system import GpuSample, SystemSample
 
 API_VERSION = 1  # bumped on any change a client of the previous version would misread

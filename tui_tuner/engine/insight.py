@@ -1,50 +1,21 @@
-"""What the Insight view shows: each searched param's importance (PED-ANOVA) and its finished trials' points."""
+"""Builds what the Insight view shows (snapshot.Insight): each searched param's importance and its trials' points."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from optuna.trial import FrozenTrial
 from optuna.trial import TrialState as OptunaState
 
+from tui_tuner.engine.snapshot import METHOD, Insight, InsightPoint, ParamInsight
 from tui_tuner.engine.study_gateway import state_of
 from tui_tuner.format import error_line
 from tui_tuner.preset import CategoricalDist, FloatDist, IntDist
 
-METHOD = "PED-ANOVA"
 MIN_COMPLETE = 2  # Optuna's importance evaluators tell nothing from fewer complete trials
 
 Importances = Callable[[list[FrozenTrial], list[str]], dict[str, float]]
-
-
-@dataclass(frozen=True)
-class InsightPoint:
-    trial: int
-    value: Any  # the param's value in that trial
-    objective: float  # a complete trial's value; a pruned (or killed) one's last intermediate value
-    state: str  # complete | pruned | killed
-
-
-@dataclass(frozen=True)
-class ParamInsight:
-    name: str
-    importance: float | None  # share of the total (they sum to 1); None when `Insight.reason` says why not
-    log: bool = False  # searched on a log scale: its scatter's x axis is log too
-    choices: tuple[Any, ...] = ()  # a categorical param's choices, in the preset's order
-    bounds: tuple[float, float] | None = None  # a numeric param's searched range (the scatter's x range)
-    points: tuple[InsightPoint, ...] = ()
-
-
-@dataclass(frozen=True)
-class Insight:
-    finished: int  # complete + pruned trials it was computed from (the engine recomputes when this moves)
-    complete: int
-    params: tuple[ParamInsight, ...] = ()  # most important first; the preset's order without importances
-    reason: str | None = None  # one line: why there are no importances (too few trials, a single param)
-    method: str = METHOD
 
 
 def finished(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:

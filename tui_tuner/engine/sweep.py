@@ -40,7 +40,6 @@ from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.gpu_inventory import Inventory, default_inventory
 from tui_tuner.engine.gpu_pool import GpuPool
 from tui_tuner.engine.history import METRIC_KEYS
-from tui_tuner.engine.insight import Insight
 from tui_tuner.engine.lifecycle import FINISHED, Lifecycle
 from tui_tuner.engine.lifecycle import TrialState as S
 from tui_tuner.engine.need import NeedKey
@@ -50,7 +49,7 @@ from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
-from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import STATES, Insight, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.storage_url import connect_problem
 from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun

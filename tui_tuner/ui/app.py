@@ -21,9 +21,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
 
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
-from tui_tuner.engine.insight import Insight
 from tui_tuner.engine.lifecycle import FINISHED
-from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import Insight, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
 from tui_tuner.ui.alerts import KINDS, LABELS, Alert, AlertWatcher

@@ -11,7 +11,7 @@ from textual.widgets import Static
 from textual_plot import NumericAxisFormatter
 from textual_plot.axis_formatter import CategoricalAxisFormatter
 
-from tui_tuner.engine.insight import Insight, ParamInsight
+from tui_tuner.engine.snapshot import Insight, ParamInsight
 from tui_tuner.format import fmt_value
 from tui_tuner.ui.charts import EVAL, OTHER, Chart, LogAxisFormatter, SciAxisFormatter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from tui_tuner.engine.events import Event
-from tui_tuner.engine.insight import Insight
+from tui_tuner.engine.snapshot import Insight
 
 
 class EngineEvent(Message):

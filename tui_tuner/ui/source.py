@@ -8,8 +8,7 @@ from typing import Any, Protocol
 
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.insight import Insight
-from tui_tuner.engine.snapshot import SweepSnapshot
+from tui_tuner.engine.snapshot import Insight, SweepSnapshot
 from tui_tuner.engine.system import SystemSample
 from tui_tuner.preset import Preset
 
