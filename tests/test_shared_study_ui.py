@@ -69,7 +69,7 @@ async def test_help_and_quit_are_in_the_footer_at_80_columns():
 
 @pytest.mark.anyio
 async def test_tabs_show_their_keys_and_the_loss_title_follows_log_y():
-    """Issue 14, defect 6 (in part): the 1-4 keys are on the tabs; `l` changes what the loss title says."""
+    """Issue 14, defect 6 (in part): the 1-5 keys are on the tabs; `l` changes what the loss title says."""
     from textual.widgets import Tabs
 
     from tests.test_ui_snapshots import _app
@@ -77,7 +77,8 @@ async def test_tabs_show_their_keys_and_the_loss_title_follows_log_y():
     async with _app().run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         labels = [str(t.label) for t in pilot.app.query_one(Tabs).query("Tab")]
-        assert labels == ["1 Loss #0", "2 LR #0", "3 System", "4 Events"]  # the charts' trial named (#0 selected)
+        # the charts' trial named (#0 selected)
+        assert labels == ["1 Loss #0", "2 LR #0", "3 System", "4 Events", "5 Insight"]
         loss = pilot.app.query_one("#panel-loss")
         assert loss.border_title == "Loss #0 (l: log y)"
         await pilot.press("l")

@@ -392,7 +392,8 @@ async def test_palette_has_one_keys_entry_and_the_panels() -> None:
         commands = {c.title: c for c in app.get_system_commands(app.screen)}
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert titles.count("Keys") == 1
-        assert {"Panel: Loss (1)", "Panel: LR (2)", "Panel: System (3)", "Panel: Events (4)"} <= set(commands)
+        assert {"Panel: Loss (1)", "Panel: LR (2)", "Panel: System (3)", "Panel: Events (4)", "Panel: Insight (5)",
+                "Compare trials", "Insight: next param"} <= set(commands)
         commands["Panel: Events (4)"].callback()
         assert app.panel == "events"
         commands["Panel: LR (2)"].callback()
@@ -449,3 +450,89 @@ async def test_fork_of_a_trial_without_a_checkpoint_is_refused_before_the_dialog
         await pilot.pause()
         assert not isinstance(app.screen, ParamsDialog)
         assert [n.message for n in app._notifications] == ["cannot fork trial #3: it is pruned and has no checkpoint"]
+
+
+INSIGHT_PRESET = {**PRESET, "params": {**PRESET["params"], "max_steps": 20, "eval_interval": 10},
+                  "search": {**PRESET["search"], "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}},
+                  "study": {"n_trials": 3, "concurrency": 2, "pruner": "none"}}
+
+
+@pytest.fixture(params=["direct", "api"])
+def short_sweep(model_cache: None, tmp_path: Path, request: pytest.FixtureRequest,
+                serve: Callable[..., Any]) -> Iterator[tuple[Sweep, Any]]:
+    """A real sweep whose three trials finish in seconds, and the source the app reads it through."""
+    s = Sweep(Preset.from_dict(INSIGHT_PRESET), tmp_path / "run").start()
+    yield s, serve(s) if request.param == "api" else s
+    s.stop()
+
+
+async def test_insight_panel_shows_importances_once_trials_finish(short_sweep: tuple[Sweep, Any]) -> None:
+    from tui_tuner.ui.insight_panel import InsightPanel, ParamScatter
+
+    sweep, source = short_sweep
+    app = TuiTunerApp(source, refresh_s=0.2)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        assert app.panel == "insight" and app.query_one(InsightPanel).display
+        panel = app.query_one(InsightPanel)
+        await until(pilot, lambda: panel.insight is not None and panel.insight.complete == 3, timeout=120)
+        assert panel.insight is not None and panel.insight.reason is None
+        assert panel.insight == sweep.insight()  # what the engine computed, also through the API
+        bars = str(app.query_one("#insight-bars").render())
+        assert "learning_rate" in bars and "weight_decay" in bars and "%" in bars
+        scatter = app.query_one(ParamScatter)
+        first = panel.selected
+        await pilot.press("right_square_bracket")
+        assert panel.selected != first and panel.selected is not None
+        await pilot.press("left_square_bracket")
+        assert panel.selected == first
+        assert panel.param is not None and len(panel.param.points) == 3
+        await pilot.pause()
+        xs = [x for d in scatter._datasets for x in d.x]
+        assert len(xs) == 3
+        if panel.param.log:  # learning_rate: plotted as log10 of the value, inside its searched range
+            assert all(-4 <= x <= -2 for x in xs)
+
+
+async def test_insight_panel_says_why_there_are_no_importances() -> None:
+    from tui_tuner.engine.snapshot import Insight
+    from tui_tuner.ui.insight_panel import InsightPanel
+
+    class Early(FakeSweep):
+        def insight(self) -> Insight:
+            return Insight(finished=1, complete=1, reason="PED-ANOVA needs 2 complete trials, 1 so far")
+
+    app = TuiTunerApp(Early(), live=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        panel = app.query_one(InsightPanel)
+        await until(pilot, lambda: panel.insight is not None, timeout=10)
+        await pilot.pause()
+        assert "PED-ANOVA needs 2 complete trials, 1 so far" in str(app.query_one("#insight-bars").render())
+
+
+async def test_compare_marks_then_opens_two_trials_side_by_side() -> None:
+    from tui_tuner.ui.compare_screen import CompareScreen, OverlayChart
+
+    app = TuiTunerApp(FakeSweep(), live=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _select(pilot, 0)
+        await pilot.press("c", "c")  # twice on one trial: marked, then unmarked
+        assert app.compare_mark is None and not isinstance(app.screen, CompareScreen)
+        await pilot.press("c")
+        assert app.compare_mark == 0
+        await _select(pilot, 4)
+        await pilot.press("c")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen) and screen.numbers == (0, 4) and app.compare_mark is None
+        rows = {r[0]: r[1:] for r in screen.rows}
+        assert rows["learning_rate"] == ("0.003", "0.002", True)
+        assert rows["state"] == ("complete", "running", True)
+        assert rows["lineage"] == ("—", "#1 > #4@400", True)
+        assert rows["overrides"] == ("—", "—", False)
+        loss = screen.query_one("#compare-loss", OverlayChart)
+        assert [label for label in loss._labels if label] == ["#0", "#4"]  # both curves, named in the legend
+        assert screen.query_one("#compare-lr", OverlayChart)._labels.count("#4") == 1
+        await pilot.press("escape")
+        assert not isinstance(app.screen, CompareScreen)

@@ -1,4 +1,5 @@
-"""Layout snapshots of the TUI at 80×24 and 120×40 and of the fork dialog, from a fixed fake sweep (layout only)."""
+"""Layout snapshots of the TUI at 80×24, 120×40 and 200×60, of the Insight tab, the comparison screen and the fork
+dialog, from a fixed fake sweep (layout only)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from typing import Any
 from tui_tuner import Preset
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.snapshot import STATES, CheckpointView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import (
+    STATES,
+    CheckpointView,
+    Insight,
+    InsightPoint,
+    ParamInsight,
+    SweepSnapshot,
+    TrialSnapshot,
+)
 from tui_tuner.engine.system import SystemSample
 from tui_tuner.params import TrialParams
 from tui_tuner.training.schedules import planned_lrs
@@ -52,6 +61,13 @@ EVENTS = [Event(i + 1, T0 + 5 * i, kind, trial, msg) for i, (kind, trial, msg) i
     ("forked", 4, "trial 4 forked from trial 1 at step 400"),
 ))]
 
+INSIGHT = Insight(finished=2, complete=1, params=tuple(
+    ParamInsight(name, share, log=name == "learning_rate", bounds=(PRESET.search[name].low, PRESET.search[name].high),
+                 points=tuple(
+        InsightPoint(t.number, t.params[name], t.eval_loss or 0.0, t.state) for t in TRIALS if t.state in
+        ("complete", "pruned")))
+    for name, share in (("learning_rate", 0.8), ("weight_decay", 0.2))))
+
 
 class FakeSweep:
     """Same read API as Sweep, fixed data; commands do nothing. For layout snapshots only."""
@@ -80,6 +96,9 @@ class FakeSweep:
 
     def lr_plan(self, n: int, points: int = 200) -> list[tuple[int, float]]:
         return [(s, 1e-3 * 0.5 * (1 + math.cos(math.pi * s / 1000))) for s in range(0, 1001, 10)]
+
+    def insight(self) -> Insight:
+        return INSIGHT
 
     def events_since(self, seq: int = 0) -> list[Event]:
         return [e for e in EVENTS if e.seq > seq]
@@ -127,8 +146,35 @@ def test_main_120x40(snap_compare: Any) -> None:
     assert snap_compare(_app(), terminal_size=(120, 40))
 
 
+async def _until_insight(pilot: Any) -> None:
+    """The Insight panel fills from a thread: wait for it, so the snapshot does not race it."""
+    for _ in range(200):
+        if pilot.app.query_one("InsightPanel").insight is not None:
+            await pilot.pause()
+            return
+        await pilot.pause(0.02)
+    raise AssertionError("the insight never came")
+
+
 def test_main_200x60_wide(snap_compare: Any) -> None:
-    assert snap_compare(_app(), terminal_size=(200, 60))
+    assert snap_compare(_app(), run_before=_until_insight, terminal_size=(200, 60))
+
+
+def test_insight_tab_80x24(snap_compare: Any) -> None:
+    async def run_before(pilot: Any) -> None:
+        await pilot.press("5")
+        await _until_insight(pilot)
+
+    assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))
+
+
+def test_compare_80x24(snap_compare: Any) -> None:
+    async def run_before(pilot: Any) -> None:
+        await pilot.press("c", "down", "down", "down", "down", "c")  # #0 (selected first) marked, then the fork #4
+        pilot.app.clear_notifications()  # the "marked" toast would hide the LR chart's axis
+        await pilot.pause()
+
+    assert snap_compare(_app(), run_before=run_before, terminal_size=(80, 24))
 
 
 def test_system_tab_80x24(snap_compare: Any) -> None:

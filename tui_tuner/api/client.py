@@ -19,13 +19,14 @@ from tui_tuner.api.wire import (
     PREFIX,
     event_from_wire,
     fork_plan_from_wire,
+    insight_from_wire,
     snapshot_from_wire,
     system_from_wire,
 )
 from tui_tuner.engine.errors import SweepError
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
-from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import Insight, SweepSnapshot, TrialSnapshot
 
 if TYPE_CHECKING:
     from tui_tuner.engine.system import SystemSample
@@ -35,6 +36,7 @@ CHANGED = "changed"  # the kind of the client's own "redraw now" event (see Remo
 POLL_WAIT_S = 10.0  # how long one events long-poll is held open by the engine
 SERIES_FRESH_S = 1.0  # one chart redraw's worth: the app redraws a chart at most every 2 s
 SERIES_TIMEOUT_S = 2.0  # the UI thread waits at most this for a series, then draws the last copy
+INSIGHT_TIMEOUT_S = 10.0  # asked off the UI thread; a first evaluation over many trials takes a while
 
 
 class NotRunning(SweepError):
@@ -128,6 +130,7 @@ class RemoteSweep:
         self._fetch_lock = threading.Lock()  # one snapshot fetch at a time: replies applied in order
         self._series: dict[tuple[str, int | None], tuple[float, dict[int, list[tuple[float, float]]]]] = {}
         self._plans: dict[tuple[int, int], list[tuple[int, float]]] = {}
+        self._insight: Insight | None = None  # the last insight the engine gave
         self._moved = False  # the last events reply said the sweep changed (a command, an event)
         self.pid: int | None = None
         self.run_dir = self.client.run_dir or Path(str(target))
@@ -301,6 +304,18 @@ class RemoteSweep:
             with self._lock:
                 self._plans[(n, points)] = plan
         return plan
+
+    def insight(self) -> Insight:
+        """The engine's param importances; the last copy (or why there is none) when it does not answer."""
+        if not self.gone:
+            try:
+                got = insight_from_wire(self.client.request("GET", "/insight", timeout=INSIGHT_TIMEOUT_S))
+            except (CommandError, NotRunning) as e:
+                if self._insight is None:
+                    return Insight(finished=0, complete=0, reason=f"no insight from the engine: {e}")
+            else:
+                self._insight = got
+        return self._insight or Insight(finished=0, complete=0, reason=self.gone)
 
     def events_since(self, seq: int = 0) -> list[Event]:
         with self._lock:

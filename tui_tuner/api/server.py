@@ -32,6 +32,7 @@ from tui_tuner.api.wire import (
     dumps,
     event_to_wire,
     fork_plan_to_wire,
+    insight_to_wire,
     snapshot_bytes,
     system_to_wire,
     trial_to_wire,
@@ -161,6 +162,13 @@ class Api:
         pts = _int(request.query_params.get("points", "200"), "points", low=1)
         return reply(self.sweep.lr_plan(n, pts))
 
+    async def insight(self, _request: Request) -> Response:
+        """Param importances and per-param points (the engine caches them per finished-trial count; a fresh
+        evaluation takes a while, so it runs off the loop)."""
+        from starlette.concurrency import run_in_threadpool
+
+        return reply(insight_to_wire(await run_in_threadpool(self._call, self.sweep.insight, command=False)))
+
     async def events(self, request: Request) -> Response:
         """Events after `since`; with `wait` (seconds) held open until there is one (a long poll), so a client
         sees another client's command as soon as the engine acts on it."""
@@ -252,7 +260,7 @@ class Api:
         return [
             Route(f"{p}/info", self.info), Route(f"{p}/status", self.status), Route(f"{p}/snapshot", self.snapshot),
             Route(f"{p}/events", self.events), Route(f"{p}/system", self.system),
-            Route(f"{p}/series", self.series_many),
+            Route(f"{p}/series", self.series_many), Route(f"{p}/insight", self.insight),
             Route(f"{p}/trials/{{n}}/series", self.series), Route(f"{p}/trials/{{n}}/lr_plan", self.lr_plan),
             Route(f"{p}/trials/{{n}}/fork", self.fork, methods=["POST"]),
             Route(f"{p}/trials/{{n}}/check_fork", self.check_fork, methods=["POST"]),

@@ -10,7 +10,15 @@ from typing import Any
 from tui_tuner.engine.events import Event
 from tui_tuner.engine.fork_plan import ForkPlan
 from tui_tuner.engine.lifecycle import TrialState
-from tui_tuner.engine.snapshot import CheckpointView, GpuView, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import (
+    CheckpointView,
+    GpuView,
+    Insight,
+    InsightPoint,
+    ParamInsight,
+    SweepSnapshot,
+    TrialSnapshot,
+)
 from tui_tuner.engine.system import GpuSample, SystemSample
 
 API_VERSION = 1  # bumped on any change a client of the previous version would misread
@@ -97,6 +105,19 @@ def fork_plan_to_wire(p: ForkPlan) -> dict[str, Any]:
 def fork_plan_from_wire(d: dict[str, Any]) -> ForkPlan:
     d = _known(ForkPlan, d)
     return ForkPlan(**{**d, "plan": tuple((int(s), float(lr)) for s, lr in d.get("plan", ()))})
+
+
+def insight_to_wire(i: Insight) -> dict[str, Any]:
+    return dataclasses.asdict(i)
+
+
+def insight_from_wire(d: dict[str, Any]) -> Insight:
+    def param(p: dict[str, Any]) -> ParamInsight:
+        return ParamInsight(**{**_known(ParamInsight, p), "choices": tuple(p.get("choices", ())),
+                               "bounds": tuple(p["bounds"]) if p.get("bounds") else None,
+                               "points": tuple(InsightPoint(**_known(InsightPoint, x)) for x in p.get("points", ()))})
+
+    return Insight(**{**_known(Insight, d), "params": tuple(param(p) for p in d.get("params", ()))})
 
 
 def system_to_wire(s: SystemSample | None) -> dict[str, Any] | None:

@@ -84,3 +84,33 @@ class SweepSnapshot:
     loading: str | None = None  # what start() is loading now ("loading model ..."), while phase is "loading"
     workers: tuple[dict[str, Any], ...] = ()  # a shared study's workers (engine/workers.py WorkerView, as dicts)
     gpus: tuple[GpuView, ...] = ()  # the GPUs trials are placed on (empty on CPU)
+
+
+METHOD = "PED-ANOVA"  # the importance evaluator engine/insight.py runs
+
+
+@dataclass(frozen=True)
+class InsightPoint:
+    trial: int
+    value: Any  # the param's value in that trial
+    objective: float  # a complete trial's value; a pruned (or killed) one's last intermediate value
+    state: str  # complete | pruned | killed
+
+
+@dataclass(frozen=True)
+class ParamInsight:
+    name: str
+    importance: float | None  # share of the total (they sum to 1); None when `Insight.reason` says why not
+    log: bool = False  # searched on a log scale: its scatter's x axis is log too
+    choices: tuple[Any, ...] = ()  # a categorical param's choices, in the preset's order
+    bounds: tuple[float, float] | None = None  # a numeric param's searched range (the scatter's x range)
+    points: tuple[InsightPoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class Insight:
+    finished: int  # complete + pruned trials it was computed from (the engine recomputes when this moves)
+    complete: int
+    params: tuple[ParamInsight, ...] = ()  # most important first; the preset's order without importances
+    reason: str | None = None  # one line: why there are no importances (too few trials, a single param)
+    method: str = METHOD

@@ -229,6 +229,23 @@ class StudyGateway:
         with self.lock:
             return self.study.get_trials(deepcopy=False)
 
+    def finished_trials(self) -> list[FrozenTrial]:
+        """The study's COMPLETE and PRUNED trials (every worker's, in a shared study); none before `open`."""
+        with self.lock, self._storage_call("read the finished trials"):
+            if not hasattr(self, "study"):  # a client asked while the sweep loads
+                return []
+            return self.study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE, OptunaState.PRUNED))
+
+    @staticmethod
+    def importances(complete: list[FrozenTrial], params: list[str]) -> dict[str, float]:
+        """PED-ANOVA importances of `params` over these complete trials, unnormalised. On a throwaway in-memory
+        study, outside `lock`: the evaluation takes a while and trial threads must not wait on it."""
+        study = optuna.create_study(direction="minimize")
+        study.add_trials(complete)
+        # The evaluator itself, not get_param_importances: that one's `normalize` warns (experimental), and its
+        # normalising would hide an all-zero result (nothing told apart) as equal shares.
+        return optuna.importance.PedAnovaImportanceEvaluator().evaluate(study, params=params)
+
     def own_trials(self) -> list[FrozenTrial]:
         return [t for t in self.trials() if self.mine(t)]
 

@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import TrialState as OptunaState
 from pydantic import ValidationError
 
+from tui_tuner.engine import insight as insight_mod
 from tui_tuner.engine import resume as resume_mod
 from tui_tuner.engine.backend import Backend, TorchBackend, model_of
 from tui_tuner.engine.errors import SweepError
@@ -48,7 +49,7 @@ from tui_tuner.engine.run_dir import RunDir, RunDirError, stage_copy
 from tui_tuner.engine.run_lock import RunDirLock
 from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
-from tui_tuner.engine.snapshot import STATES, SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.snapshot import STATES, Insight, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.storage_url import connect_problem
 from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
@@ -104,6 +105,8 @@ class Sweep:
         self.gpu_pool: GpuPool | None = None  # set by start() when there are GPUs to place trials on
         self.pbt = Pbt(preset) if preset.study.strategy == "pbt" else None
         self.promotion = Promotion(preset) if preset.study.strategy == "promote" else None
+        self._insight: Insight | None = None  # the last insight(), kept until another trial finishes
+        self._insight_lock = threading.Lock()
 
     # -- lifecycle of the sweep ----------------------------------------------------------------
     @classmethod
@@ -748,6 +751,15 @@ class Sweep:
             return TrialParams.model_validate({**self.preset.params.model_dump(), **run.searched, **run.overrides})
         except ValidationError:
             return None
+
+    def insight(self) -> Insight:
+        """Param importances and each param's finished trials (engine/insight.py), recomputed only when the
+        number of finished trials moved: the importance evaluation is costly and clients ask every few seconds."""
+        with self._insight_lock:  # one evaluation at a time: concurrent askers wait for it, not redo it
+            trials = self.gateway.finished_trials()
+            if self._insight is None or self._insight.finished != len(insight_mod.finished(trials)):
+                self._insight = insight_mod.build(trials, self.preset.search, self.gateway.importances)
+            return self._insight
 
     def events_since(self, seq: int = 0) -> list[Event]:
         return self.events.since(seq)

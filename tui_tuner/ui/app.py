@@ -1,4 +1,4 @@
-"""The tui-tuner app: status line, trials table, Loss/LR/System/Events panels, keys that drive the Sweep."""
+"""The tui-tuner app: status line, trials table, Loss/LR/System/Events/Insight panels, keys that drive the Sweep."""
 
 from __future__ import annotations
 
@@ -21,17 +21,20 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
 
 from tui_tuner.engine.events import ROUTINE_EVENTS, Event
-from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
+from tui_tuner.engine.lifecycle import FINISHED
+from tui_tuner.engine.snapshot import Insight, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.sweep import Sweep, SweepError
 from tui_tuner.signals import exit_code, missed_signals, on_stop_signals, raise_on_stop_signals
 from tui_tuner.ui.alerts import KINDS, LABELS, Alert, AlertWatcher
 from tui_tuner.ui.charts import LossChart, LrChart
+from tui_tuner.ui.compare_screen import CompareScreen
 from tui_tuner.ui.detail import TrialDetailScreen
 from tui_tuner.ui.dialogs import ConfirmScreen, ParamsDialog, QuitScreen, param_rows
 from tui_tuner.ui.event_log import EventLogPanel
 from tui_tuner.ui.help import HelpScreen
+from tui_tuner.ui.insight_panel import InsightPanel
 from tui_tuner.ui.lineage_screen import LineageScreen
-from tui_tuner.ui.messages import CommandDone, EngineEvent, SweepLoaded
+from tui_tuner.ui.messages import CommandDone, EngineEvent, InsightReady, SweepLoaded
 from tui_tuner.ui.source import SweepSource, SystemSource
 from tui_tuner.ui.status_line import StatusLine
 from tui_tuner.ui.system_panel import SystemPanel
@@ -40,7 +43,7 @@ from tui_tuner.ui.trials_table import TrialsTable
 if TYPE_CHECKING:
     from tui_tuner.api.client import RemoteSweep
 
-PANELS = ("loss", "lr", "system", "events")
+PANELS = ("loss", "lr", "system", "events", "insight")
 DEBOUNCE_S = 0.3
 WIDE = (140, 40)  # from this size on, all panels show at once instead of as tabs
 CHART_EVERY_S = 2.0  # new data redraws a chart at most this often (selection, log-y, resize redraw at once)
@@ -49,7 +52,7 @@ CHART_EVERY_S = 2.0  # new data redraws a chart at most this often (selection, l
 CHART_CPU_SHARE = 0.015
 
 
-PANEL_TITLES = {"loss": "Loss", "lr": "LR", "system": "System", "events": "Events"}
+PANEL_TITLES = {"loss": "Loss", "lr": "LR", "system": "System", "events": "Events", "insight": "Insight"}
 
 
 class TuiTunerApp(App[int]):
@@ -71,6 +74,9 @@ class TuiTunerApp(App[int]):
         Binding("enter", "detail", "Detail", id="detail", show=False),
         Binding("t", "lineage", "Lineage", id="lineage", show=False),
         Binding("h", "filter", "Hide ended", id="filter", show=False),
+        Binding("c", "compare", "Compare", id="compare", show=False),
+        Binding("left_square_bracket", "insight_param(-1)", "Prev param", id="insight.prev", show=False),
+        Binding("right_square_bracket", "insight_param(1)", "Next param", id="insight.next", show=False),
         *(Binding(str(i + 1), f"panel_key('{p}')", f"{p} panel", id=f"panel.{p}", show=False)
           for i, p in enumerate(PANELS)),
     ]
@@ -104,18 +110,22 @@ class TuiTunerApp(App[int]):
         self._stopping = False
         self.outcome: str | None = None  # "detached" once this client left a background engine running
         self.alerts: AlertWatcher  # made on mount, from the source's preset
+        self.compare_mark: int | None = None  # the trial `c` marked; `c` on another compares the two
+        self._insight_key: int | None = None  # finished trials when the insight was last asked for
+        self._insight_busy = False  # a fetch is on its thread
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusLine(preset=self.source.preset.name, id="status")
         yield TrialsTable(id="trials")
-        # Each tab shows its key: 1-4 switch panels (the tabs are the only place a user learns that)
+        # Each tab shows its key: 1-5 switch panels (the tabs are the only place a user learns that)
         yield Tabs(*(Tab(f"{i} {PANEL_TITLES[p]}", id=f"tab-{p}") for i, p in enumerate(PANELS, 1)), id="panel-tabs")
         with Container(id="panels"):
             yield LossChart(id="panel-loss", classes="panel -active")
             yield LrChart(id="panel-lr", classes="panel")
             yield SystemPanel(id="panel-system", classes="panel")
             yield EventLogPanel(id="panel-events", classes="panel")
+            yield InsightPanel(id="panel-insight", classes="panel")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -257,6 +267,35 @@ class TuiTunerApp(App[int]):
                 lr.timed_draw(self.source, snap, selected)
         if self.panel_visible("system"):
             self.query_one(SystemPanel).show(self.system.latest() if self.system else None, snap)
+        if self.panel_visible("insight"):
+            self._fetch_insight(snap)
+
+    def _fetch_insight(self, snap: SweepSnapshot) -> None:
+        """Ask for the insight on a thread when a trial has finished since the last ask: the engine evaluates
+        importances then (under the study's lock; over the network for a remote engine), never on the UI loop."""
+        key = sum(t.state in FINISHED for t in snap.trials)
+        if self._insight_busy or key == self._insight_key:
+            return
+        self._insight_key, self._insight_busy = key, True
+        source = self.source
+
+        def job() -> None:
+            try:
+                insight = source.insight()
+            except Exception as e:  # a reason in the panel, never a traceback; the next refresh asks again
+                insight = Insight(finished=0, complete=0, reason=f"no insight: {type(e).__name__}: {e}")
+                self._insight_key = None
+            if self._accepting:
+                with contextlib.suppress(RuntimeError):
+                    self.post_message(InsightReady(insight))
+
+        threading.Thread(target=job, name="tui-tuner-insight", daemon=True).start()
+
+    @on(InsightReady)
+    def _insight_ready(self, message: InsightReady) -> None:
+        self._insight_busy = False
+        with contextlib.suppress(NoMatches, ScreenStackError):
+            self.query_one(InsightPanel).show(message.insight)
 
     def _chart_due(self, name: str, view: object, data: object, cost_s: float) -> bool:
         """Redraw at once when the view changed (selection, log-y, size); on new data at most every
@@ -497,6 +536,26 @@ class TuiTunerApp(App[int]):
 
         self.push_screen(LineageScreen(self.source), chosen)
 
+    def action_insight_param(self, delta: int) -> None:
+        """Another param in the Insight panel's scatter (the panel shows first if it is not on screen)."""
+        if not self.panel_visible("insight"):
+            self.action_panel("insight")
+        self.query_one(InsightPanel).move(delta)
+
+    def action_compare(self) -> None:
+        """Mark the selected trial; on another trial, compare the two (on the marked one, clear the mark)."""
+        if (t := self.selected_trial()) is None:
+            return
+        if self.compare_mark is None:
+            self.compare_mark = t.number
+            self.notify(f"#{t.number} marked: c on another trial compares the two", timeout=5)
+        elif self.compare_mark == t.number:
+            self.compare_mark = None
+            self.notify(f"#{t.number} unmarked", timeout=3)
+        else:
+            marked, self.compare_mark = self.compare_mark, None
+            self.push_screen(CompareScreen(self.source, marked, t.number))
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
@@ -584,6 +643,10 @@ class TuiTunerApp(App[int]):
             ("Toggle log-y", "Log scale for the loss chart", self.action_log_y),
             ("Trial detail", "All params, user attrs and checkpoints of the selected trial", self.action_detail),
             ("Lineage tree", "Forks and PBT clones under the trial they started from (t)", self.action_lineage),
+            ("Compare trials", "Mark the selected trial, or compare it with the marked one side by side (c)",
+             self.action_compare),
+            ("Insight: next param", "The Insight panel's scatter shows the next searched param (])",
+             lambda: self.action_insight_param(1)),
             ("Keys", "Every key of tui-tuner and what it does (?)", self.action_help),
             ("Quit sweep", "Checkpoint and stop running trials, then exit", self.action_quit),
         ):

@@ -16,6 +16,7 @@ HELP = """\
   [b]↑/↓[/b]      select a trial (drives the charts)
   [b]enter[/b]    trial detail: all params, Optuna user attrs, checkpoints
   [b]t[/b]        lineage tree: forks and PBT clones, who cloned whom, when, what changed
+  [b]c[/b]        mark the selected trial; c on another compares the two side by side
   [b]p[/b]        pause / resume the selected trial
   [b]k[/b]        kill the selected trial (asks; Optuna records it PRUNED)
   [b]f[/b]        fork the selected trial from a checkpoint, with edited params
@@ -24,7 +25,8 @@ HELP = """\
   [b]s[/b]        cycle the table's sort column
   [b]h[/b]        hide / show trials that ended early (pruned, failed, killed...)
   [b]l[/b]        log-scale the loss chart
-  [b]1-4[/b]      show the Loss / LR / System / Events panel (wide: zoom it; again: all)
+  [b]1-5[/b]      show the Loss / LR / System / Events / Insight panel (wide: zoom it; again: all)
+  [b][ / ][/b]    Insight: the previous / next param (importances, param vs eval loss)
   [b]ctrl+p[/b]   command palette (every action)
   [b]q[/b]        quit: running trials checkpoint and stop (asks first)
 

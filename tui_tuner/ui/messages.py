@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.message import Message
 
 from tui_tuner.engine.events import Event
+from tui_tuner.engine.snapshot import Insight
 
 
 class EngineEvent(Message):
@@ -27,3 +28,11 @@ class CommandDone(Message):
 
 class SweepLoaded(Message):
     """The sweep's start() returned or raised (the app keeps the error in `load_error`)."""
+
+
+class InsightReady(Message):
+    """The sweep's insight, fetched off the UI thread (an evaluation, or a request to a remote engine)."""
+
+    def __init__(self, insight: Insight) -> None:
+        super().__init__()
+        self.insight = insight
