@@ -714,7 +714,7 @@ class Sweep:
             elapsed=(sch.finished_at or time.time()) - sch.started_at, finished=self.finished, trials=trials,
             counts=counts, best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
             halted=sch.halted, phase=phase, loading=self._loading,
-            gpus=self.gpu_pool.last if self.gpu_pool is not None else (),
+            gpus=self.gpu_pool.last if self.gpu_pool is not None else (), slots_used=sch.occupied(),
         )
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:

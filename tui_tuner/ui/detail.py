@@ -1,4 +1,4 @@
-"""Trial detail screen: every param, Optuna user attrs, checkpoints, and larger loss/LR charts."""
+"""Trial detail screen: elapsed, rate and ETA, every param, Optuna user attrs, checkpoints, larger charts."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_tuner.engine.snapshot import TrialSnapshot
+from tui_tuner.eta import fmt_duration, fmt_rate, trial_elapsed, trial_eta
 from tui_tuner.format import fmt_bytes, fmt_float, fmt_value
 from tui_tuner.state_words import lineage_words, state_word
 from tui_tuner.ui.charts import LossChart, LrChart
@@ -27,6 +28,8 @@ def detail_text(source: SweepSource, t: TrialSnapshot) -> Text:
         out.append(f"  {lineage_words(t.origin, t.parent, t.fork_step, t.user_attrs)}")
     if t.error:
         out.append(f"\nerror: {t.error}", style="bold red")
+    out.append(f"\nelapsed {fmt_duration(trial_elapsed(t))}  steps/s {fmt_rate(t.steps_per_s)}"
+               f"  eta {fmt_duration(trial_eta(t))}")
     out.append(f"\nloss {fmt_float(t.loss)}  eval {fmt_float(t.eval_loss)}  best eval {fmt_float(t.best_eval_loss)}"
                f"\nlr {fmt_float(t.lr)}  grad norm {fmt_float(t.grad_norm)}  tok/s {fmt_float(t.tokens_per_s, 0)}"
                f"  mem {fmt_bytes(t.mem_bytes)} (peak {fmt_bytes(t.peak_mem_bytes)},"
