@@ -74,3 +74,13 @@ def test_history_rate_is_over_the_last_steps_and_reaches_the_snapshot() -> None:
     assert h.steps_per_s == pytest.approx(4.0)
     run = TrialRun(number=0, trial=None, params=None, searched={}, overrides={}, trial_dir=Path("."), history=h)
     assert run.snapshot().steps_per_s == pytest.approx(4.0)
+
+
+def test_the_detail_screen_says_elapsed_rate_and_eta() -> None:
+    from tests.test_ui_snapshots import T0, TRIALS, FakeSweep
+    from tui_tuner.ui.detail import detail_text
+
+    running = detail_text(FakeSweep(), TRIALS[1]).plain  # type: ignore[arg-type]
+    assert "steps/s 2.00  eta 3m00s" in running and "elapsed " in running
+    done = detail_text(FakeSweep(), TRIALS[0]).plain  # type: ignore[arg-type]
+    assert f"elapsed {fmt_duration(TRIALS[0].finished_at - T0)}  steps/s -  eta -" in done  # type: ignore[operator]

@@ -100,9 +100,15 @@ class StatusLine(Static):
         self.preset = preset
         self.full_steps = full_steps
         self._last = ""
+        self._snap: SweepSnapshot | None = None
 
     def show(self, snap: SweepSnapshot) -> None:
+        self._snap = snap
         text = status_text(snap, self.preset, self.size.width or 80, self.full_steps)
         if text.plain != self._last:
             self._last = text.plain
             self.update(text, layout=False)  # fixed height: repaint, no screen layout
+
+    def on_resize(self) -> None:
+        if self._snap is not None:  # the words that fit have changed: refit now, not at the next snapshot
+            self.show(self._snap)
