@@ -47,6 +47,8 @@ def test_the_remote_snapshot_is_the_engines(served):
     assert remote.preset == sweep.preset and remote.run_dir == sweep.run_dir
     assert remote.series(0, "loss", 50) and remote.lr_plan(0, 20)
     assert [e.kind for e in remote.events_since(0)][:1] == [e.kind for e in sweep.events_since(0)][:1]
+    # the header's and the ETA's inputs (issue 14) reach a remote client too
+    assert there.slots_used in (1, 2) and any(t.steps_per_s and t.steps_per_s > 0 for t in there.trials)
 
 
 def test_unchanged_trials_are_sent_as_their_version_only(fake_sweep):
@@ -295,10 +297,10 @@ def test_a_bad_listen_address_is_one_line_and_leaves_no_socket(fake_sweep):
 def test_gpu_placement_fields_cross_the_wire_both_ways():
     from tui_tuner.engine.snapshot import GpuView, SweepSnapshot, TrialSnapshot
 
-    t = TrialSnapshot(number=3, state="waiting", step=0, total_steps=10, params={}, overrides={},
+    t = TrialSnapshot(number=3, state="waiting", step=0, total_steps=10, params={}, overrides={}, steps_per_s=2.5,
                       need_bytes=30 << 30, wait_reason="waiting for GPU memory: needs 30.0G, most free 24.0G on cuda:6")
     snap = SweepSnapshot(study_name="s", sampler="tpe", pruner="none", concurrency=2, n_trials=4, started_at=0.0,
-                         elapsed=1.0, finished=False, trials=(t,),
+                         elapsed=1.0, finished=False, trials=(t,), slots_used=1,
                          gpus=(GpuView(0, 80 << 30, 20 << 30, 0, (1, 2)), GpuView(1, 80 << 30, 5 << 30, 75 << 30)))
     wire = json.loads(snapshot_bytes(snap, {}, lambda x: dumps(trial_to_wire(x))))
     assert wire["gpus"][0] == {"index": 0, "total": 80 << 30, "free": 20 << 30, "foreign": 0, "trials": [1, 2]}

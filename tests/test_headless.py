@@ -33,10 +33,12 @@ def test_summary_line_is_one_line_within_the_width() -> None:
     for width in (80, 120, 200):
         line = summary_line(snap, width)
         assert "\n" not in line and len(line) <= width, line
-    assert summary_line(snap, 200) == ("-- 754s done 1 run 2 paused 1 queued 1 pruned 1 failed 0 best 1.070 (#0)  "
-                                       "#1 640/1000 1.258  #2 420/1000 1.719  #4 560/1000 1.683")
-    # Narrower: the zero count goes first, and trials that do not fit are counted, not cut.
-    assert summary_line(snap, 80) == "-- 754s done 1 run 2 paused 1 queued 1 pruned 1 best 1.070 (#0)  +3 active"
+    assert summary_line(snap, 200, full_steps=1000) == (
+        "-- 754s done 1 run 2 paused 1 queued 1 pruned 1 failed 0 eta 20m37s best 1.070 (#0)  "
+        "#1 640/1000 1.258  #2 420/1000 1.719  #4 560/1000 1.683")
+    # Narrower: the zero count goes first, then the optional ones; trials that do not fit are counted, not cut.
+    assert summary_line(snap, 80, full_steps=1000) == (
+        "-- 754s done 1 run 2 paused 1 queued 1 eta 20m37s best 1.070 (#0)  +3 active")
 
 
 def test_headless_prints_changes_not_tables(make_sweep, monkeypatch) -> None:
@@ -64,4 +66,5 @@ def test_headless_prints_changes_not_tables(make_sweep, monkeypatch) -> None:
     # The whole table only once, at the end; progress in between is one line each.
     assert text.count("   # state") == 1 and text.index("   # state") > text.index("sweep finished")
     summaries = [line for line in lines if line.startswith("-- ") and not line.startswith(f"-- {best.study_name}")]
-    assert summaries and all(re.match(r"-- \d+s done \d+ run \d+ ", line) for line in summaries), summaries
+    assert summaries and all(re.match(r"-- \d+s done \d+ run \d+ .* eta (-|\S*\d[smhd]) best ", line)
+                             for line in summaries), summaries

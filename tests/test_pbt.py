@@ -118,6 +118,9 @@ def test_a_pbt_sweep_replaces_the_bottom_and_pause_and_kill_still_work(fake_swee
     assert sweep.trial(best).state == "complete" and sweep.trial(victim).state == "killed"
     clones = _check_lineage(sweep, population=4)
     assert clones and all(t.state in ("complete", "pruned", "killed") for t in sweep.trials())
+    # Each clone was built from its donor's checkpoint (the fake records the step each build restored).
+    restored = sorted(step for _, step in backend.built if step > 0)
+    assert restored == sorted(c.user_attrs["fork_step"] for c in clones)
     events = [json.loads(line) for line in Path(sweep.layout.events).read_text().splitlines()]
     assert sum(e["event"] == "pbt_exploit" for e in events) == len(clones)
 
@@ -141,6 +144,7 @@ def test_a_clone_continues_its_donors_weights_with_the_explored_params(make_swee
     c = clones[0].user_attrs
     child, donor, start = clones[0].number, c["parent_trial"], c["fork_step"]
     loss = {n: _metric(run_dir, n, "loss") for n in (child, donor)}
+    assert min(loss[child]) == start + 1  # its own steps only: it trained from the donor's checkpoint on
     fresh = min(v[1] for v in (_metric(run_dir, t.number, "loss") for t in sweep.trials() if t.origin == "sampler"))
     first = loss[child][start + 1]
     assert first < 0.8 * fresh  # not a restart: a fresh model's first loss is far higher

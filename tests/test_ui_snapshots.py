@@ -48,10 +48,12 @@ def _trial(n: int, state: str, step: int, lr: float, **kw: Any) -> TrialSnapshot
 
 
 TRIALS = (
-    _trial(0, "complete", 1000, 3e-3), _trial(1, "running", 640, 1e-3), _trial(2, "paused", 420, 5e-4),
-    _trial(3, "pruned", 300, 8e-3, user_attrs={"origin": "sampler", "pruned_at_step": 300,
-                                               "pruned_reason": "pruned at step 300 by median"}),
-    _trial(4, "running", 560, 2e-3, parent=1, fork_step=400, origin="fork"),
+    _trial(0, "complete", 1000, 3e-3, started_at=T0, finished_at=T0 + 400),
+    _trial(1, "running", 640, 1e-3, started_at=T0 + 5, steps_per_s=2.0),
+    _trial(2, "paused", 420, 5e-4, started_at=T0 + 10, steps_per_s=2.1),
+    _trial(3, "pruned", 300, 8e-3, started_at=T0 + 400, finished_at=T0 + 520,
+           user_attrs={"origin": "sampler", "pruned_at_step": 300, "pruned_reason": "pruned at step 300 by median"}),
+    _trial(4, "running", 560, 2e-3, parent=1, fork_step=400, origin="fork", started_at=T0 + 520, steps_per_s=1.5),
     TrialSnapshot(number=5, state="waiting", step=0, total_steps=None, params={}, overrides={}),
 )
 EVENTS = [Event(i + 1, T0 + 5 * i, kind, trial, msg) for i, (kind, trial, msg) in enumerate((
@@ -80,7 +82,7 @@ class FakeSweep:
         counts = {s: sum(t.state == s for t in TRIALS) for s in STATES}
         return SweepSnapshot(study_name="snap", sampler="tpe", pruner="median", concurrency=2, n_trials=8,
                              started_at=T0, elapsed=754.0, finished=False, trials=TRIALS, counts=counts,
-                             best_trial=0, best_value=TRIALS[0].eval_loss)
+                             best_trial=0, best_value=TRIALS[0].eval_loss, slots_used=2)
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:
         t = TRIALS[n]

@@ -15,15 +15,6 @@ def _missing(v: float | None) -> bool:
     return v is None or not math.isfinite(v)
 
 
-def fmt_float(v: float | None, digits: int = 4) -> str:
-    """Legacy, for the status line until it moves to fmt_loss: every other view formats by kind (below)."""
-    if _missing(v):
-        return "-"
-    if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e5):  # type: ignore[operator]
-        return f"{v:.{max(1, digits - 2)}e}"
-    return f"{v:.{digits}g}"
-
-
 def fmt_loss(v: float | None) -> str:
     """A loss or eval loss at 4 significant digits, trailing zeros kept (1.000, 0.8020, 12.34): columns of
     losses line up."""
@@ -109,7 +100,7 @@ def fmt_steps(step: int, total: int | None) -> str:
 
 
 def fmt_duration(s: float | None) -> str:
-    """A duration at a glance: 45s, 12m05s, 3h07m (seconds dropped past the hour)."""
+    """A duration at a glance: 45s, 12m05s, 3h07m, 2d04h (two units at most, the larger first)."""
     if s is None or not math.isfinite(s):
         return "-"
     s = max(0, round(s))
@@ -117,7 +108,9 @@ def fmt_duration(s: float | None) -> str:
         return f"{s}s"
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 # Short names the compact views use; the detail screen names every param in full.

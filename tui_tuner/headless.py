@@ -140,7 +140,7 @@ def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None =
                     next_summary += summary_every
                     if (versions := _versions(snap)) != summarised:  # nothing moved: nothing to say
                         summarised = versions
-                        say(summary_line(snap), out)
+                        say(summary_line(snap, full_steps=sweep.preset.params.max_steps), out)
         except KeyboardInterrupt as e:  # Ctrl-C, or a StopSignal (SIGTERM, SIGHUP)
             code = exit_code(e)
             again = "Ctrl-C" if code == EXIT_INTERRUPTED else "the signal"

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn, Protocol, TextIO
 
+from tui_tuner.eta import sweep_eta
 from tui_tuner.exit_codes import EXIT_INTERRUPTED
-from tui_tuner.format import fmt_bytes, fmt_loss, fmt_lr, fmt_params, fmt_rate, fmt_steps
+from tui_tuner.format import fmt_bytes, fmt_duration, fmt_loss, fmt_lr, fmt_params, fmt_rate, fmt_steps
 from tui_tuner.lineage import ancestry, segments
-from tui_tuner.state_words import count_words, lineage_words, state_word
+from tui_tuner.state_words import COUNT_WORDS, count_words, lineage_words, state_word
+from tui_tuner.sweep_words import best_words
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -71,12 +73,6 @@ def fit(chunks: list[str], width: int, indent: str = "   ") -> str:
     return "\n".join(lines)
 
 
-def _best(snap: SweepSnapshot) -> str:
-    if snap.best_trial is None or snap.best_value is None:
-        return "best: none yet"
-    return f"best {fmt_loss(snap.best_value)} (#{snap.best_trial})"
-
-
 def _step(t: TrialSnapshot) -> str:
     return fmt_steps(t.step, t.total_steps) if t.state != "waiting" else "-"
 
@@ -110,7 +106,7 @@ def progress_table(snap: SweepSnapshot, width: int | None = None) -> str:
 
     counts = [f"{label} {n}" for label, n in count_words(snap.counts)]
     titles = row([title for title, _, _ in cols])
-    lines = [fit([f"-- {snap.study_name}", f"{int(snap.elapsed)}s", *counts, _best(snap)], width),
+    lines = [fit([f"-- {snap.study_name}", f"{int(snap.elapsed)}s", *counts, best_words(snap)], width),
              titles + ("  params" if len(titles) + 8 <= width else "")]  # else k=v on its own line says it
     for t in snap.trials:
         cells = row([cell(t) for _, _, cell in cols])
@@ -125,18 +121,22 @@ def progress_table(snap: SweepSnapshot, width: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def summary_line(snap: SweepSnapshot, width: int | None = None) -> str:
-    """One line of progress: elapsed, counts, the best so far, and as many active trials (step, last eval) as fit
-    `width`; the others are counted. Zero counts go first when even that is too wide."""
+def summary_line(snap: SweepSnapshot, width: int | None = None, full_steps: int | None = None) -> str:
+    """One line of progress: elapsed, counts, the sweep's ETA, the best so far, and as many active trials (step,
+    last eval) as fit `width`; the others are counted. Zero counts go first when even that is too wide."""
     width = width or terminal_width()
     running = [t for t in snap.trials if t.state in ("running", "starting", "paused")]
     counts = [(label, n) for label, n in count_words(snap.counts)]
 
     def head() -> str:
-        return " ".join([f"-- {int(snap.elapsed)}s", *(f"{label} {n}" for label, n in counts), _best(snap)])
+        return " ".join([f"-- {int(snap.elapsed)}s", *(f"{label} {n}" for label, n in counts),
+                         f"eta {fmt_duration(sweep_eta(snap, full_steps))}", best_words(snap)])
 
-    while len(head()) + len(f"  +{len(running)} active") > width and any(n == 0 for _, n in counts):
-        counts.remove(next(c for c in reversed(counts) if c[1] == 0))
+    # Too wide: zero counts go first, then those shown only when non-zero (pruned, killed...; the table says them)
+    always = {label for label, _, shown in COUNT_WORDS if shown}
+    for droppable in (lambda c: c[1] == 0, lambda c: c[0] not in always):
+        while len(head()) + len(f"  +{len(running)} active") > width and any(droppable(c) for c in counts):
+            counts.remove(next(c for c in reversed(counts) if droppable(c)))
     line = head()
     for i, t in enumerate(running):
         item = f"  #{t.number} {_step(t)}" + (f" {fmt_loss(t.eval_loss)}" if t.eval_loss is not None else "")

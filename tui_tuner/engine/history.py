@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 
@@ -71,6 +72,7 @@ def downsample(pts: list[tuple[float, float]], max_points: int) -> list[tuple[fl
 
 
 METRIC_KEYS = ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s", "step_time", "mem_bytes")
+RATE_WINDOW = 20  # steps the recent rate is taken over: recent enough to follow a slowdown, long enough to be calm
 
 
 class TrialHistory:
@@ -78,6 +80,11 @@ class TrialHistory:
 
     def __init__(self, capacity: int = 2048):
         self.series = {k: Series(capacity) for k in METRIC_KEYS}
+        self._recent: deque[float] = deque(maxlen=RATE_WINDOW)  # the last steps' step_time (seconds)
+        # Training steps per second over the last RATE_WINDOW steps (their step_time: evals and checkpoints are
+        # not in it), None before the first. Computed here, on the trial's own thread at each step, and kept as
+        # one float: snapshots read it without a lock.
+        self.steps_per_s: float | None = None
 
     def record(self, row: dict[str, float]) -> None:
         step = row["step"]
@@ -85,6 +92,10 @@ class TrialHistory:
             v = row.get(k)
             if v is not None:
                 s.append(step, float(v))
+        st = row.get("step_time")
+        if st is not None and st > 0:
+            self._recent.append(float(st))
+            self.steps_per_s = len(self._recent) / sum(self._recent)
 
     def copy_prefix(self, other: TrialHistory, until: float) -> None:
         """Seed a fork's history with its parent's curve up to the fork step."""

@@ -20,6 +20,7 @@ from tui_tuner.engine.study_gateway import (
     StudyGateway,
     by_user,
     counts_against_budget,
+    from_checkpoint,
     state_of,
 )
 from tui_tuner.engine.trial import TrialRun
@@ -243,7 +244,7 @@ def _repair_waiting_forks(gateway: StudyGateway, layout: RunDir, notes: list[Not
     raise FileNotFoundError, or worse, start it from step 0)."""
     for t in gateway.own_trials():
         a = t.user_attrs
-        if t.state != OptunaState.WAITING or a.get("origin") != "fork" or not isinstance(a.get("fork_step"), int):
+        if t.state != OptunaState.WAITING or not from_checkpoint(a):
             continue
         n, dest = t.number, checkpoint_dir(layout.trial(t.number), a["fork_step"])
         problem = checkpoint_problem(dest) if dest.is_dir() else f"{layout.relative(dest)} is missing"

@@ -180,7 +180,7 @@ class Scheduler:
         """A resume of `run` now would exceed the concurrency: paused trials free their slot and it is paused
         for real (a pause its thread has not reached yet still holds the slot) while every slot is taken."""
         return (self.host.preset.study.paused_frees_slot and run.control.paused and run.state is S.PAUSED
-                and self._occupied() >= self.concurrency)
+                and self.occupied() >= self.concurrency)
 
     def _resume(self, n: int, token: int | None) -> None:
         run = self.host.registry.get(n)
@@ -262,7 +262,8 @@ class Scheduler:
         run.told = True
         h.lifecycle.move(run, to, message)
 
-    def _occupied(self) -> int:
+    def occupied(self) -> int:
+        """Slots taken now (a read other threads make too: snapshots show it beside the concurrency)."""
         free_paused = self.host.preset.study.paused_frees_slot
         with self.host.registry.lock:
             # A paused trial told to resume holds its slot from the request on, before its thread wakes.
@@ -280,7 +281,7 @@ class Scheduler:
 
     def can_start_now(self) -> bool:
         """A trial could start (a free slot and work for it); a read other threads may make."""
-        return not self._stopped and self._occupied() < self.concurrency and (self._can_start_more()
+        return not self._stopped and self.occupied() < self.concurrency and (self._can_start_more()
                                                                               or bool(self._relaunch))
 
     def _can_start_more(self) -> bool:
@@ -289,7 +290,7 @@ class Scheduler:
     def _fill_slots(self) -> None:
         free_paused = self.host.preset.study.paused_frees_slot
         while not self._stopped:
-            room = self._occupied() < self.concurrency
+            room = self.occupied() < self.concurrency
             if room and self._resume_pending:
                 n = next(iter(self._resume_pending))
                 token = self._resume_pending.pop(n)

@@ -31,6 +31,7 @@ class TrialSnapshot:
     lr: float | None = None
     grad_norm: float | None = None
     tokens_per_s: float | None = None
+    steps_per_s: float | None = None  # training steps per second over its last few steps (history.RATE_WINDOW)
     mem_bytes: int | None = None
     peak_mem_bytes: int | None = None  # CUDA: peak allocated on its GPU; CPU: process RSS; shared by co-located trials
     own_mem_bytes: int | None = None  # its own weights + gradients + optimizer state: exact per trial
@@ -84,6 +85,9 @@ class SweepSnapshot:
     loading: str | None = None  # what start() is loading now ("loading model ..."), while phase is "loading"
     workers: tuple[dict[str, Any], ...] = ()  # a shared study's workers (engine/workers.py WorkerView, as dicts)
     gpus: tuple[GpuView, ...] = ()  # the GPUs trials are placed on (empty on CPU)
+    # Concurrency slots this worker's trials hold, as the scheduler counts them (starting and running trials, and
+    # paused ones unless study.paused_frees_slot); None from a client that does not know
+    slots_used: int | None = None
 
 
 METHOD = "PED-ANOVA"  # the importance evaluator engine/insight.py runs

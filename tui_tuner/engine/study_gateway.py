@@ -72,6 +72,11 @@ PRESET_ATTR = "preset"
 ELAPSED_ATTR = "elapsed_s"
 
 
+def from_checkpoint(attrs: dict[str, Any]) -> bool:
+    """The trial starts from a copy of another's checkpoint (a fork, a PBT clone), not from step 0."""
+    return attrs.get("origin") in ("fork", "pbt") and isinstance(attrs.get("fork_step"), int)
+
+
 def counts_against_budget(t: FrozenTrial) -> bool:
     """A sampler trial spent from study.n_trials: not one still queued, not one the sampler failed to create
     (ask_failed), not a 0.1.0 trial stopped before it started (it is queued again and counts then)."""

@@ -51,7 +51,7 @@ from tui_tuner.engine.runner import TrialRunner
 from tui_tuner.engine.scheduler import Command, Scheduler
 from tui_tuner.engine.snapshot import STATES, Insight, SweepSnapshot, TrialSnapshot
 from tui_tuner.engine.storage_url import connect_problem
-from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user
+from tui_tuner.engine.study_gateway import PRESET_ATTR, StorageError, StudyGateway, by_user, from_checkpoint
 from tui_tuner.engine.trial import TrialRegistry, TrialRun
 from tui_tuner.engine.workers import WorkerBeat, new_worker_id
 from tui_tuner.format import error_line, fmt_loss, fmt_value
@@ -638,7 +638,7 @@ class Sweep:
         run.overrides = dict(attrs.get("overrides", {}))
         run.user_attrs = dict(attrs)
         run.total = self.backend.total_steps(params)
-        if run.origin == "fork":
+        if from_checkpoint(attrs):
             run.resume_from = checkpoint_dir(run.trial_dir, attrs["fork_step"])
             parent = self.registry.get(run.parent) if run.parent is not None else None
             if parent is not None and run.fork_step is not None:
@@ -721,7 +721,7 @@ class Sweep:
             elapsed=(sch.finished_at or time.time()) - sch.started_at, finished=self.finished, trials=trials,
             counts=counts, best_trial=best.number if best else None, best_value=best.eval_loss if best else None,
             halted=sch.halted, phase=phase, loading=self._loading,
-            gpus=self.gpu_pool.last if self.gpu_pool is not None else (),
+            gpus=self.gpu_pool.last if self.gpu_pool is not None else (), slots_used=sch.occupied(),
         )
 
     def series(self, n: int, key: str = "loss", max_points: int | None = 200) -> list[tuple[float, float]]:

@@ -86,6 +86,7 @@ class TrialRun:
             params=dict(self.searched), overrides=dict(self.overrides),
             loss=last.get("loss"), eval_loss=last.get("eval_loss"), best_eval_loss=self.best_eval,
             lr=last.get("lr"), grad_norm=last.get("grad_norm"), tokens_per_s=last.get("tokens_per_s"),
+            steps_per_s=self.history.steps_per_s,
             mem_bytes=int(last["mem_bytes"]) if "mem_bytes" in last else None, peak_mem_bytes=self.peak_mem,
             own_mem_bytes=self.own_mem, device=self.device, need_bytes=self.need, wait_reason=self.wait_reason,
             parent=self.parent, fork_step=self.fork_step, origin=self.origin,

@@ -116,7 +116,7 @@ class TuiTunerApp(App[int]):
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield StatusLine(preset=self.source.preset.name, id="status")
+        yield StatusLine(preset=self.source.preset.name, full_steps=self.source.preset.params.max_steps, id="status")
         yield TrialsTable(id="trials")
         # Each tab shows its key: 1-5 switch panels (the tabs are the only place a user learns that)
         yield Tabs(*(Tab(f"{i} {PANEL_TITLES[p]}", id=f"tab-{p}") for i, p in enumerate(PANELS, 1)), id="panel-tabs")

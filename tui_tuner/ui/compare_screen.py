@@ -15,10 +15,10 @@ from textual.widgets import Footer, Static
 from textual_plot import HiResMode
 
 from tui_tuner.engine.snapshot import SweepSnapshot, TrialSnapshot
-from tui_tuner.format import fmt_float, fmt_value
+from tui_tuner.format import fmt_loss, fmt_value
 from tui_tuner.lineage import ancestry
 from tui_tuner.state_words import state_word
-from tui_tuner.ui.charts import Chart, SciAxisFormatter, _xy
+from tui_tuner.ui.charts import Chart, LossAxisFormatter, LrAxisFormatter, _xy
 from tui_tuner.ui.source import SweepSource
 
 COLORS = ("bold bright_yellow", "bold bright_magenta")  # the first trial's, the second's (charts and headers)
@@ -41,7 +41,7 @@ def compare_rows(source: SweepSource, trials: Sequence[TrialSnapshot], a: TrialS
 
     def run_facts(t: TrialSnapshot) -> list[str]:
         return [state_word(t.state, t.user_attrs), t.origin, f"{t.step}/{t.total_steps or '?'}",
-                fmt_float(t.best_eval_loss), fmt_float(t.eval_loss), fmt_float(t.loss),
+                fmt_loss(t.best_eval_loss), fmt_loss(t.eval_loss), fmt_loss(t.loss),
                 ", ".join(sorted(t.overrides)) or "—", lineage_line(trials, t)]
 
     names = ("state", "origin", "step", "best eval", "last eval", "train loss", "overrides", "lineage")
@@ -80,7 +80,7 @@ class OverlayChart(Chart):
     def draw(self, source: SweepSource, numbers: tuple[int, int], key: str, label: str,
              marks: str | None = None) -> None:
         self.clear()
-        self.set_y_formatter(SciAxisFormatter())
+        self.set_y_formatter(LrAxisFormatter() if key == "lr" else LossAxisFormatter())
         for n, color in zip(numbers, COLORS, strict=True):
             xs, ys = _xy(source.series(n, key, self.max_points))
             self.plot(xs, ys, line_style=color, hires_mode=HiResMode.BRAILLE, label=f"#{n}")

@@ -1,4 +1,4 @@
-"""Trial detail screen: every param, Optuna user attrs, checkpoints, and larger loss/LR charts."""
+"""Trial detail screen: elapsed, rate and ETA, every param, Optuna user attrs, checkpoints, larger charts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from tui_tuner.engine.snapshot import TrialSnapshot
-from tui_tuner.format import fmt_bytes, fmt_count, fmt_loss, fmt_lr, fmt_rate, fmt_steps, fmt_value
+from tui_tuner.eta import trial_elapsed, trial_eta
+from tui_tuner.format import fmt_bytes, fmt_count, fmt_duration, fmt_loss, fmt_lr, fmt_rate, fmt_steps, fmt_value
 from tui_tuner.report import fit
 from tui_tuner.state_words import end_reason, lineage_words, state_word
 from tui_tuner.ui.charts import LossChart, LrChart
@@ -54,6 +55,8 @@ def detail_text(source: SweepSource, t: TrialSnapshot, width: int = TEXT_WIDTH) 
         out.append(f"\nstopped ({short}): {why}", style="bold red" if t.state == "failed" else "yellow")
     elif t.error:
         out.append(f"\nerror: {t.error}", style="bold red")
+    out.append("\n" + _pairs([f"elapsed {fmt_duration(trial_elapsed(t))}", f"steps/s {fmt_rate(t.steps_per_s)}",
+                              f"eta {fmt_duration(trial_eta(t))}"], width))
     out.append("\n" + _pairs([f"loss {fmt_loss(t.loss)}", f"eval {fmt_loss(t.eval_loss)}",
                               f"best eval {fmt_loss(t.best_eval_loss)}", f"lr {fmt_lr(t.lr)}",
                               f"grad norm {fmt_loss(t.grad_norm)}", f"tok/s {fmt_rate(t.tokens_per_s)}",

@@ -33,6 +33,7 @@ class EventLogPanel(RichLog):
         self.events: list[Event] = []  # shown (non-routine) events, by seq
         self.last_seq = 0
         self._seen: set[int] = set()  # seqs within SEEN_WINDOW of last_seq already taken
+        self._shown: set[tuple[float, str, int | None, str]] = set()  # the identities of `events`
         self._drawn_width = 0  # content width the current lines were rendered at; 0: not rendered
         self._stale = True  # events arrived that the rendered lines lack
 
@@ -48,13 +49,17 @@ class EventLogPanel(RichLog):
                 self._seen = {s for s in self._seen if s > self.last_seq - SEEN_WINDOW}
         if ev.kind in ROUTINE_EVENTS:
             return True
+        if _identity(ev) in self._shown:  # renumbered: a resumed run's open() numbers the events it had before
+            return False  # after the earlier process's, and a client that saw them before has them twice
+        self._shown.add(_identity(ev))
         newest = not self.events or ev.seq > self.events[-1].seq
         bisect.insort(self.events, ev, key=lambda e: e.seq)
         if len(self.events) > MAX_EVENTS:
             del self.events[: len(self.events) - MAX_EVENTS]
+            self._shown = {_identity(e) for e in self.events}
             self._stale = True
         if newest and not self._stale and self._drawn_width == self._width() > 0:
-            self.write(self._line(ev))  # the common case: append one line, scroll to it
+            self.write(self._line(ev), width=self._drawn_width)  # the common case: append one line, scroll to it
         else:
             self._stale = True
             self._redraw()
@@ -65,7 +70,7 @@ class EventLogPanel(RichLog):
         and its sequence numbers are final from then on)."""
         if started_at is not None:
             self.started_at = started_at
-        self.events, self.last_seq, self._seen = [], 0, set()
+        self.events, self.last_seq, self._seen, self._shown = [], 0, set(), set()
         self._stale = True
         for ev in events:
             self.add(ev)
@@ -82,13 +87,17 @@ class EventLogPanel(RichLog):
         self.clear()
         self._drawn_width, self._stale = width, False
         for ev in self.events:
-            self.write(self._line(ev), scroll_end=False)
+            # At the panel's width, given: RichLog otherwise measures against the app console, whose width is
+            # the terminal's at start, so a resize would keep the old wrap.
+            self.write(self._line(ev), width=width, scroll_end=False)
         self.scroll_end(animate=False, immediate=False, x_axis=False)
 
     def on_resize(self, event: Resize) -> None:
         super().on_resize(event)
         if self._stale or self._width() != self._drawn_width:
             self._redraw()
+        else:  # shorter (a smaller terminal, or the trials table grew): the end moved down, and so does the view,
+            self.scroll_end(animate=False, immediate=False, x_axis=False)  # as every write scrolls to the end
 
     def on_show(self, _event: Show) -> None:
         if self._stale or self._width() != self._drawn_width:
@@ -104,3 +113,8 @@ class EventLogPanel(RichLog):
         else:
             when, style = "--:--:--", "dim"
         return Text.assemble((when + " ", style), (ev.message, KIND_STYLE.get(ev.kind, "")))
+
+
+def _identity(ev: Event) -> tuple[float, str, int | None, str]:
+    """What makes an event itself whatever its sequence number: no two events share a time, kind and message."""
+    return ev.time, ev.kind, ev.trial, ev.message

@@ -13,7 +13,7 @@ from textual_plot.axis_formatter import CategoricalAxisFormatter
 
 from tui_tuner.engine.snapshot import Insight, ParamInsight
 from tui_tuner.format import fmt_value
-from tui_tuner.ui.charts import EVAL, OTHER, Chart, LogAxisFormatter, SciAxisFormatter
+from tui_tuner.ui.charts import EVAL, OTHER, Chart, LogAxisFormatter, LossAxisFormatter
 
 BLOCKS = " ▏▎▍▌▋▊▉█"
 BAR_WIDTH = 10
@@ -52,7 +52,7 @@ class ParamScatter(Chart):
 
     def draw(self, param: ParamInsight | None) -> None:
         self.clear()
-        self.set_y_formatter(SciAxisFormatter())
+        self.set_y_formatter(LossAxisFormatter())
         self.set_xticks(None)  # the last param's range and ticks do not carry over
         self.set_xlimits(None, None)
         self.set_ylimits(None, None)
