@@ -114,15 +114,19 @@ def run_arm(arm: str, budget: int, seed: int, data_dir: Path, shared: dict[str, 
     return run_engine(arm, budget, seed, data_dir)
 
 
-def report(results: dict[str, list[Timeline]]) -> None:
+def report(results: dict[str, list[Timeline]], baseline: tuple[float, float] | None = None) -> None:
     base = results.get(BASELINE)
-    if not base:
+    if base:
+        target = statistics.median(t.best for t in base)
+        base_steps = median_steps_to_reach(base, target)
+        print(f"target = the hf arm's median best eval loss: {target:.4f}; hf median trial-steps to reach it: "
+              f"{base_steps}")
+    elif baseline is not None:  # hf's numbers from an earlier run of the same task, budget and seeds
+        target, base_steps = baseline
+        print(f"target (given with --baseline) {target:.4f}; hf median trial-steps to reach it {base_steps:.0f}")
+    else:
         print("no hf arm: no target, no ratios")
         return
-    target = statistics.median(t.best for t in base)
-    base_steps = median_steps_to_reach(base, target)
-    print(f"target = the hf arm's median best eval loss: {target:.4f}; hf median trial-steps to reach it: "
-          f"{base_steps}")
     for arm, timelines in results.items():
         steps = median_steps_to_reach(timelines, target)
         reached = sum(steps_to_reach(t.records, target) is not None for t in timelines)
@@ -139,6 +143,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=30, help="trials per search (promote: configurations)")
     ap.add_argument("--quick", action="store_true", help="1 seed, budget 12")
+    ap.add_argument("--baseline", metavar="TARGET:STEPS", help="without the hf arm: score against its target and "
+                    "median trial-steps printed by an earlier run (same task, budget and seeds; hf is seeded)")
     a = ap.parse_args()
     seeds, budget = (1, 12) if a.quick else (a.seeds, a.budget)
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -160,7 +166,8 @@ def main() -> None:
                 t = run_arm(arm, budget, seed, Path(tmp), shared)
                 results[arm].append(t)
                 print(f"arm {arm} seed {seed}: best eval {t.best:.4f}, trial-steps {t.total_steps}", flush=True)
-    report(results)
+    baseline = tuple(float(x) for x in a.baseline.split(":")) if a.baseline else None
+    report(results, baseline)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":
