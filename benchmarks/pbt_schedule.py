@@ -8,6 +8,10 @@ cosine and wsd at each of `--lrs` (the peak LR) for the same 300 steps. Printed:
 trial trained which steps, at which LR: the schedule it found) and its final eval loss, beside each hand-set
 schedule's best final eval loss and its LR. DeepMind's PBT paper reports PBT rediscovering warm-up then decay;
 whether this small task shows it is what the LR-by-segment line says.
+
+Measured (2 shared CPU cores, 2.5 min): PBT 8 members, 10 clones, winner 1.0016 with `0-100 #1 lr=0.00591 ·
+100-300 #10 lr=0.00709`; hand-set best: constant 1.0845 (3e-3), linear 1.0573 (1e-2), cosine 1.0712 (1e-2),
+wsd 1.0862 (1e-2). No warm-up-then-decay here: the winner's LR rose once.
 """
 
 from __future__ import annotations

@@ -13,22 +13,14 @@ Task noise (benchmarks/task_noise.py, 3 seeds each): final eval loss seed SD 0.0
 1e-2 / 3e-2, their means 1.261 / 1.061 / 1.249 (SD 0.11, 6.4x the mean seed SD; the two best differ by 0.19, ~8x
 it); on tiny-demo the same probes give seed SD 0.059 / 0.199 / 0.252 and means 1.983 / 1.793 / 2.895.
 
-Measured once with --quick (1 seed, budget 12 trials, 2 shared CPU cores, torch 2.13 CPU, transformers 5.24,
-optuna 5.1; 3 min 21 s in all):
-    arm hf seed 0: best eval 1.0121, trial-steps 3600
-    arm tpe-median seed 0: best eval 1.0353, trial-steps 2350
-    arm tpe-hyperband seed 0: best eval 1.0353, trial-steps 2000
-    arm pbt: skipped (study.strategy not supported by this build)
-    arm promote: skipped (study.strategy not supported by this build)
-    target = the hf arm's median best eval loss: 1.0121; hf median trial-steps to reach it: 2400
-    arm hf: median trial-steps to target 2400 (1 of 1 seeds reached it); ÷ hf = 1.000
-    arm tpe-median: never reached (in 0 of 1 seeds)
-    arm tpe-hyperband: never reached (in 0 of 1 seeds)
-One seed and 12 trials say little: TPE samples its first 10 trials at random in every arm (Optuna's
-n_startup_trials), so this is mostly random search, and hf's seed drew lr 0.0095 at its 8th trial while the engine
-arms' best was 1.0353. The goal (≤ 1/3 for the best arm) is not shown by this run.
-With --seeds 3 --budget 12 (hf, tpe-median, tpe-hyperband): target 1.0121, hf median 2650 trial-steps; each
-engine arm reached it in 1 of 3 seeds ("never reached"), with 35-54 % fewer trial-steps spent (README).
+Measured with --seeds 3 --budget 16 (2 shared CPU cores, ~70 min; pbt rerun with --baseline 1.0121:2650 after a
+fix that made its clones restore their donors' checkpoints):
+    hf            best 1.0121 / 0.9824 / 1.0205, trial-steps 4800 each; median to target 2650 (target 1.0121)
+    tpe-median    best 1.0156 / 1.0009 / 1.0178 in 3350 / 3550 / 2500: never reached (1 of 3 seeds)
+    tpe-hyperband best 1.0353 / 1.0009 / 1.0299 in 2400 / 2650 / 2800: never reached (1 of 3 seeds)
+    pbt           best 1.0273 / 1.0504 / 1.0176 in 2400 each: never reached (0 of 3)
+    promote       best 1.0514 / 1.0009 / 1.0294 in 1920 each: never reached (1 of 3 seeds)
+The goal (best arm <= 1/3 of hf's trial-steps) is not met at this budget (TPE's first 10 of 16 are random).
 """
 
 from __future__ import annotations
