@@ -16,6 +16,7 @@ import httpx
 from tui_tuner.api import registry
 from tui_tuner.api.wire import (
     API_VERSION,
+    PEER_HEADER,
     PREFIX,
     event_from_wire,
     fork_plan_from_wire,
@@ -58,9 +59,12 @@ def not_running_message(run_dir: Path) -> str:
 class ApiClient:
     """One engine's API: JSON in, JSON out, a one-line CommandError for anything refused."""
 
-    def __init__(self, target: str | Path, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, target: str | Path, token: str | None = None, timeout: float = 10.0,
+                 peer: bool = False) -> None:
         self.target = str(target)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if peer:  # another worker's engine, not a person watching: it must not keep a finished engine up
+            headers[PEER_HEADER] = "1"
         if self.target.startswith(("http://", "https://")):
             self.run_dir: Path | None = None
             transport = httpx.HTTPTransport()

@@ -176,10 +176,10 @@ class Federation:
         key = (w.id, w.pid)
         if key not in self._clients:
             if w.host == socket.gethostname() and w.run_dir:
-                self._clients[key] = ApiClient(w.run_dir, timeout=PEER_TIMEOUT_S)
+                self._clients[key] = ApiClient(w.run_dir, timeout=PEER_TIMEOUT_S, peer=True)
             elif w.listen:
                 url = w.listen.replace("://0.0.0.0:", f"://{w.host}:")
-                self._clients[key] = ApiClient(url, token=w.token, timeout=PEER_TIMEOUT_S)
+                self._clients[key] = ApiClient(url, token=w.token, timeout=PEER_TIMEOUT_S, peer=True)
             else:
                 return None
         return self._clients[key]

@@ -28,6 +28,7 @@ from tui_tuner.api import registry
 from tui_tuner.api.federation import Federation
 from tui_tuner.api.wire import (
     API_VERSION,
+    PEER_HEADER,
     PREFIX,
     dumps,
     event_to_wire,
@@ -380,8 +381,8 @@ class Seen:
         self.app, self.api = app, api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or PEER_HEADER.encode() in dict(scope.get("headers", ())):
+            await self.app(scope, receive, send)  # another worker's engine: not a client watching
             return
         self.api.in_flight += 1
         try:

@@ -23,6 +23,7 @@ from tui_tuner.engine.system import GpuSample, SystemSample
 
 API_VERSION = 1  # bumped on any change a client of the previous version would misread
 PREFIX = f"/v{API_VERSION}"
+PEER_HEADER = "x-tui-tuner-peer"  # sent by another worker's engine (federation), lower case as ASGI gives headers
 
 
 def dumps(obj: Any) -> bytes:
