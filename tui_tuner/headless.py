@@ -118,7 +118,7 @@ def run_headless(sweep: Sweep, summary_every: float = 10.0, out: TextIO | None =
                 if sweep.finished and not lingering:
                     lingering = True
                     say("sweep finished: the engine stays up while a client is attached (it exits once none has "
-                        "been for a few seconds)", out)
+                        "been for 5 s)", out)
                 lingering = lingering and sweep.finished
                 snap = sweep.snapshot()
                 report(snap, drain())

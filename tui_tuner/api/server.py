@@ -61,7 +61,7 @@ def reply(obj: Any, status: int = 200) -> Response:
 
 # A finished sweep's engine stays up while a client watches, and this long after the last one left: the app keeps
 # showing the results (and can fork a finished trial) instead of closing the moment the budget is spent.
-LINGER_S = 10.0
+LINGER_S = 5.0
 
 
 class Api:
