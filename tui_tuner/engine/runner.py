@@ -166,6 +166,10 @@ class TrialRunner:
         promo = host.promotion
         stopper = self._early_stop()
         stopped = stopper.should_stop  # resumed after it decided to stop but before the tell: stop at once
+        if promo is not None and promo.parks(run.origin, run.user_attrs, ft.step_count):
+            # Restored at its rung checkpoint before it could park (a crash between the save and the attrs).
+            self._park(self._evaluate())
+            return
         while not ft.done and not stopped:
             run.control.boundary(self._on_pause, self._on_resume)
             m = ft.step()

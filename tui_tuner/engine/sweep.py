@@ -572,8 +572,9 @@ class Sweep:
         if decision is None:
             return None
         donor = self.registry.get(decision.donor)
+        if donor is None or donor.params is None:  # decide() ranked it running: it has both; never guess
+            return None
         try:
-            assert donor is not None and donor.params is not None
             source = self._existing_checkpoint(donor, None)
             before = donor.params.model_dump()
             changes = self.pbt.explore(before)
@@ -582,7 +583,7 @@ class Sweep:
             diff = {k: [before[k], v] for k, v in changes.items() if v != before[k]}
             child = self._fork_from(donor, source, values, by_user=False, origin="pbt", pbt_replaces=run.number,
                                     pbt_step=step, pbt_changes=diff)
-        except (SweepError, AssertionError) as e:
+        except SweepError as e:
             self.events.emit("pbt_failed", run.number, f"PBT: trial {run.number} could not clone trial "
                              f"{decision.donor}: {e}; it trains on")
             return None
