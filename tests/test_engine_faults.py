@@ -139,7 +139,8 @@ def test_a_live_run_dir_cannot_be_driven_by_a_second_sweep(make_sweep):
     sweep = make_sweep(params=LONG, study={"n_trials": 1, "concurrency": 1}).start()
     with pytest.raises(RunDirLockedError, match=r"is in use by a running tui-tuner \(pid \d+\)"):
         Sweep.open(sweep.run_dir).start()
-    wait_for(lambda: sweep.trial(0).state == "running", what="trial 0 running")  # the second one touched nothing
+    # The second one touched nothing (trial 0 may not be asked yet when the refusal comes: wait for it to exist)
+    wait_for(lambda: any(t.number == 0 and t.state == "running" for t in sweep.trials()), what="trial 0 running")
     sweep.stop()
     broken = Sweep.open(sweep.run_dir)
     with pytest.MonkeyPatch.context() as mp:
