@@ -4,10 +4,10 @@ measured in one run on the same task, search space, budget and eval for every ar
     python benchmarks/search_efficiency.py [--arms hf,tpe-median,...] [--seeds 3] [--budget 30] [--quick]
 
 Arms: hf = transformers' Trainer.hyperparameter_search(backend="optuna"): sequential TPE, no pruning (the
-baseline); tpe-median, tpe-hyperband = tui-tuner sweeps with that pruner; pbt, promote = tui-tuner's
-study.strategy (skipped, and said so, on a build whose preset schema does not have it). Trial-steps are optimizer
-steps summed over trials in the order the study spent them; the target is the median over seeds of the hf arm's
-best eval loss. --quick: 1 seed, budget 12 (a few minutes on 2 cores).
+baseline); tpe-median, gp-median, tpe-hyperband = tui-tuner sweeps with that sampler and pruner; pbt, promote =
+tui-tuner's study.strategy (skipped, and said so, on a build whose preset schema does not have it). Trial-steps
+are optimizer steps summed over trials in the order the study spent them; the target is the median over seeds of
+the hf arm's best eval loss. --quick: 1 seed, budget 12 (a few minutes on 2 cores).
 
 Task noise (benchmarks/task_noise.py, 3 seeds each): final eval loss seed SD 0.029 / 0.018 / 0.005 at lr 3e-3 /
 1e-2 / 3e-2, their means 1.261 / 1.061 / 1.249 (SD 0.11, 6.4x the mean seed SD; the two best differ by 0.19, ~8x
@@ -26,6 +26,7 @@ The goal (best arm <= 1/3 of hf's trial-steps) is not met at this budget (TPE's 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import sys
@@ -43,9 +44,12 @@ from tui_tuner.preset import Preset, PresetError
 BASELINE = "hf"
 
 # Each engine arm: the preset sections it changes (budget = the number of trials, or of configurations).
+# The samplers' startup trials are tui-tuner's default (a quarter of the budget, 2-10); hf keeps Optuna's 10.
+MEDIAN = {"pruner": "median", "pruner_startup_trials": 2, "pruner_warmup_steps": EVAL_INTERVAL}
 ENGINE_ARMS: dict[str, Callable[[int], dict[str, dict[str, Any]]]] = {
-    "tpe-median": lambda budget: {"study": {"pruner": "median", "pruner_startup_trials": 2,
-                                            "pruner_warmup_steps": EVAL_INTERVAL}},
+    "tpe-median": lambda budget: {"study": dict(MEDIAN)},
+    # Optuna's Gaussian-process sampler: the loss is a smooth function of a few continuous params here.
+    "gp-median": lambda budget: {"study": {"sampler": "gp", **MEDIAN}},
     "tpe-hyperband": lambda budget: {"study": {"pruner": "hyperband", "min_resource": EVAL_INTERVAL,
                                                "reduction_factor": 3}},
     # PBT's members train at once (its population is its sampler budget): 8 of them whatever the budget, so at
@@ -55,7 +59,7 @@ ENGINE_ARMS: dict[str, Callable[[int], dict[str, dict[str, Any]]]] = {
                                    "perturb": [0.8, 1.2]}},
     # The 2024 study's recipe: every configuration to 20 % of the steps, the best quarter on to the end.
     "promote": lambda budget: {"study": {"strategy": "promote"},
-                               "promote": {"t1": MAX_STEPS // 5, "top_k": max(2, budget // 4)}},
+                               "promote": {"t1": MAX_STEPS // 5, "top_k": max(2, budget // 6)}},
 }
 ARMS = (BASELINE, *ENGINE_ARMS)
 
@@ -106,6 +110,27 @@ def run_arm(arm: str, budget: int, seed: int, data_dir: Path, shared: dict[str, 
     return run_engine(arm, budget, seed, data_dir)
 
 
+def save_timelines(path: Path, timelines: list[Timeline], budget: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"budget": budget, "seeds": [
+        {"records": t.records, "total_steps": t.total_steps} for t in timelines]}))
+
+
+def load_timelines(directory: Path) -> dict[str, list[Timeline]]:
+    """Every DIR/ARM.json --save wrote, the baseline first; different budgets are refused (not comparable)."""
+    files = sorted(directory.glob("*.json"), key=lambda p: (p.stem != BASELINE, p.stem))
+    if not files:
+        raise SystemExit(f"--score {directory}: no ARM.json files there (write them with --save)")
+    out, budgets = {}, {}
+    for path in files:
+        raw = json.loads(path.read_text())
+        budgets[path.stem] = raw["budget"]
+        out[path.stem] = [Timeline([tuple(r) for r in s["records"]], s["total_steps"]) for s in raw["seeds"]]
+    if len(set(budgets.values())) > 1:
+        raise SystemExit(f"--score {directory}: the arms ran at different budgets ({budgets}): not comparable")
+    return out
+
+
 def report(results: dict[str, list[Timeline]], baseline: tuple[float, float] | None = None) -> None:
     base = results.get(BASELINE)
     if base:
@@ -135,9 +160,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=int, default=30, help="trials per search (promote: configurations)")
     ap.add_argument("--quick", action="store_true", help="1 seed, budget 12")
+    ap.add_argument("--save", metavar="DIR", type=Path, help="also write each arm's timelines to DIR/ARM.json")
+    ap.add_argument("--score", metavar="DIR", type=Path, help="train nothing: score the timelines --save wrote "
+                    "to DIR (arms run in separate processes, or on separate days, scored together)")
     ap.add_argument("--baseline", metavar="TARGET:STEPS", help="without the hf arm: score against its target and "
                     "median trial-steps printed by an earlier run (same task, budget and seeds; hf is seeded)")
     a = ap.parse_args()
+    baseline = tuple(float(x) for x in a.baseline.split(":")) if a.baseline else None
+    if a.score:
+        report(load_timelines(a.score), baseline)  # type: ignore[arg-type]
+        return
     seeds, budget = (1, 12) if a.quick else (a.seeds, a.budget)
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     if unknown := [x for x in arms if x not in ARMS]:
@@ -158,7 +190,8 @@ def main() -> None:
                 t = run_arm(arm, budget, seed, Path(tmp), shared)
                 results[arm].append(t)
                 print(f"arm {arm} seed {seed}: best eval {t.best:.4f}, trial-steps {t.total_steps}", flush=True)
-    baseline = tuple(float(x) for x in a.baseline.split(":")) if a.baseline else None
+            if a.save:
+                save_timelines(a.save / f"{arm}.json", results[arm], budget)
     report(results, baseline)  # type: ignore[arg-type]
 
 

@@ -39,6 +39,56 @@ def test_every_sampler_proposes_past_its_random_startup(sampler):
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 14
 
 
+@pytest.mark.parametrize(("n_trials", "startup", "expected"), [(8, None, 2), (16, None, 4), (80, None, 10),
+                                                                  (8, 5, 5)])
+def test_the_samplers_model_guides_after_its_startup_trials(n_trials, startup, expected):
+    """TPE samples from its own RandomSampler(seed) until `expected` trials are finished, then from its model: a
+    budget of 8 is not all random (Optuna's default startup is 10)."""
+    search = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}
+    study_sec = {"sampler": "tpe", "sampler_seed": 3, "n_trials": n_trials, "sampler_startup_trials": startup}
+    preset = Preset.from_dict(tiny_preset_dict(search=search, study=study_sec))
+    tpe = optuna.create_study(sampler=make_sampler(preset), direction="minimize")
+    rnd = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3), direction="minimize")
+    same = []
+    for _ in range(expected + 1):
+        a, b = (s.ask().suggest_float("learning_rate", 1e-4, 1e-1, log=True) for s in (tpe, rnd))
+        same.append(a == b)
+        for s, x in ((tpe, a), (rnd, b)):
+            s.tell(s.trials[-1].number, abs(math.log10(x) + 2))
+    assert same == [True] * expected + [False]
+
+
+@pytest.mark.parametrize("sampler", ["gp", "cmaes"])
+def test_samplers_that_read_only_complete_trials_learn_from_pruned_ones(sampler, tmp_path):
+    """GP ignores PRUNED trials (CMA-ES too, unless told otherwise): a region the pruner always stops looked
+    unexplored to them, so they proposed it again and again (a measured GP + median sweep spent 11 of its last 14
+    trials at the lower corner of the space). The engine's sampler shows them pruned trials at their last eval."""
+    from tui_tuner.engine.study_gateway import StudyGateway
+
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+             "weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}
+    preset = Preset.from_dict(tiny_preset_dict(search=space, study={
+        "sampler": sampler, "sampler_seed": 0, "sampler_startup_trials": 4, "n_trials": 20, "pruner": "median"}))
+    gateway = StudyGateway(preset, tmp_path / "optuna.journal", None)
+    gateway.open(max_resource=100)
+    study, in_pruned_region = gateway.study, 0
+    for i in range(20):
+        t = study.ask()
+        lr, wd = (t.suggest_float(k, d["low"], d["high"], log=d.get("log", False)) for k, d in space.items())
+        if lr < 2e-3:  # always pruned at its first eval, and the smaller the learning rate the worse
+            t.report(8 - math.log10(lr), 10)
+            study.tell(t, state=TrialState.PRUNED)
+            in_pruned_region += i >= 4
+        else:
+            study.tell(t, (math.log10(lr) + 1.9) ** 2 + wd)
+    assert in_pruned_region <= 4, f"{in_pruned_region} of 16 model-guided trials went back to the pruned region"
+
+
+def test_startup_trials_on_a_sampler_without_a_model_is_an_error():
+    with pytest.raises(ValueError, match="sampler_startup_trials: the random sampler has no model"):
+        Preset.from_dict(tiny_preset_dict(study={"sampler": "random", "sampler_startup_trials": 3}))
+
+
 class _BrokenOnSecondAsk(optuna.samplers.RandomSampler):
     """A sampler whose ask fails from its second trial on, after Optuna has created the trial (as GP's did in
     its first model-based proposal without scipy)."""

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from tests.conftest import tiny_preset_dict, wait_for
 from tui_tuner.engine.promotion import Promotion, Rung
-from tui_tuner.engine.sampler_view import RungSampler
+from tui_tuner.engine.sampler_view import ViewSampler, parked_at_rung
 from tui_tuner.preset import Preset, PresetError
 
 GRID = {"learning_rate": {"type": "categorical", "choices": [1e-4, 1e-3, 3e-3, 8e-3]}}
@@ -61,7 +61,7 @@ def test_the_sampler_sees_parked_trials_as_complete_at_their_rung_eval() -> None
             seen.append([t.value for t in study._get_trials(deepcopy=False, states=(TrialState.COMPLETE,))])
             return super().sample_independent(study, trial, name, dist)
 
-    study = optuna.create_study(sampler=RungSampler(Spy(seed=0), lambda t: t.user_attrs.get("rung_eval")))
+    study = optuna.create_study(sampler=ViewSampler(Spy(seed=0), parked_at_rung("rung_eval")))
     for value in (0.7, 0.3):
         t = study.ask()
         t.suggest_float("x", 0, 1)

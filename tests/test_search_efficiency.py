@@ -72,3 +72,20 @@ def test_the_engine_arms_build_a_valid_preset_on_this_build() -> None:
     from benchmarks.search_efficiency import unsupported
 
     assert unsupported("tpe-median") is None and unsupported("tpe-hyperband") is None and unsupported("hf") is None
+
+
+def test_saved_timelines_score_together_and_mixed_budgets_are_refused(tmp_path: Path) -> None:
+    import pytest
+
+    from benchmarks.search_efficiency import load_timelines, save_timelines
+
+    hf = [Timeline([(300, 1.2), (600, 1.0)], 600), Timeline([(300, 1.1)], 300)]
+    gp = [Timeline([(100, 1.05)], 150)]
+    save_timelines(tmp_path / "gp-median.json", gp, 30)
+    save_timelines(tmp_path / "hf.json", hf, 30)
+    loaded = load_timelines(tmp_path)
+    assert list(loaded) == ["hf", "gp-median"]  # the baseline first, whatever the file order
+    assert loaded["hf"] == hf and loaded["gp-median"] == gp
+    save_timelines(tmp_path / "promote.json", gp, 16)
+    with pytest.raises(SystemExit, match="different budgets"):
+        load_timelines(tmp_path)

@@ -1,5 +1,7 @@
-"""A sampler wrapper that shows the inner sampler parked trials (RUNNING in the study) as complete at their rung
-eval: promotion's first rung is a short-budget study the sampler must learn from while its trials wait."""
+"""A sampler wrapper that shows the inner sampler some trials as complete at a value of theirs: promotion's parked
+trials (RUNNING in the study) at their rung eval, since its first rung is a short-budget study the sampler must
+learn from while its trials wait; and, for a sampler that reads only COMPLETE trials (GP), pruned trials at their
+last eval, or it never learns that a pruned region is bad and proposes it again and again."""
 
 from __future__ import annotations
 
@@ -12,6 +14,24 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 Shown = Callable[[FrozenTrial], float | None]  # a trial's value to show as COMPLETE, or None: as it is
+
+
+def parked_at_rung(attr: str) -> Shown:
+    """A RUNNING trial carrying `attr` (promotion's rung eval) at that value."""
+    return lambda t: t.user_attrs.get(attr) if t.state == TrialState.RUNNING else None
+
+
+def pruned_at_last_eval(t: FrozenTrial) -> float | None:
+    """A pruned trial at its last reported eval (as CMA-ES's consider_pruned_trials does): worse than it would have
+    ended, which is what the pruner judged."""
+    if t.state != TrialState.PRUNED or not t.intermediate_values:
+        return None
+    return t.intermediate_values[max(t.intermediate_values)]
+
+
+def first_shown(*shown: Shown) -> Shown:
+    """The first of several rules that gives a value."""
+    return lambda t: next((v for rule in shown if (v := rule(t)) is not None), None)
 
 
 class _StudyView:
@@ -27,7 +47,7 @@ class _StudyView:
     def _view(self, states: Container[TrialState] | None) -> list[FrozenTrial]:
         out = []
         for t in self._study._get_trials(deepcopy=False, states=None, use_cache=False):
-            value = self._shown(t) if t.state == TrialState.RUNNING else None
+            value = self._shown(t)
             if value is not None:
                 t = copy.copy(t)
                 t.state, t.values = TrialState.COMPLETE, [value]
@@ -47,7 +67,7 @@ class _StudyView:
         return self._view(None)
 
 
-class RungSampler(optuna.samplers.BaseSampler):
+class ViewSampler(optuna.samplers.BaseSampler):
     """Delegates every call to `inner`; the sampling calls see the study through _StudyView."""
 
     def __init__(self, inner: optuna.samplers.BaseSampler, shown: Shown):

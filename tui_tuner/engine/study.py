@@ -30,18 +30,20 @@ def make_sampler(preset: Preset, seed_offset: int = 0) -> optuna.samplers.BaseSa
     proposals its seed made before."""
     s = preset.study
     seed = None if s.sampler_seed is None else s.sampler_seed + seed_offset
+    startup = s.startup_trials
     match s.sampler:
         case "tpe":
             # constant_liar: concurrent asks see running trials as bad, so they spread out.
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=startup)
         case "random":
             return optuna.samplers.RandomSampler(seed=seed)
         case "grid":
             return _GridSampler(preset.grid_space(), seed=seed)
         case "gp":
-            return optuna.samplers.GPSampler(seed=seed)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
         case "cmaes":
-            return optuna.samplers.CmaEsSampler(seed=seed)
+            # Its own rule for pruned trials (their last eval), or it would re-propose pruned regions.
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=startup, consider_pruned_trials=True)
     raise ValueError(s.sampler)
 
 

@@ -57,7 +57,7 @@ from optuna.trial import TrialState as OptunaState
 
 from tui_tuner.engine.lifecycle import TrialState
 from tui_tuner.engine.promotion import PROMOTED_ATTR, RUNG_ATTR
-from tui_tuner.engine.sampler_view import RungSampler
+from tui_tuner.engine.sampler_view import Shown, ViewSampler, first_shown, parked_at_rung, pruned_at_last_eval
 from tui_tuner.engine.storage_url import shown
 from tui_tuner.engine.study import make_pruner, make_sampler, make_storage, sample_params, trial_params
 from tui_tuner.format import error_line
@@ -219,10 +219,17 @@ class StudyGateway:
                 self.study.sampler = self._sampler(offset)
 
     def _sampler(self, seed_offset: int) -> optuna.samplers.BaseSampler:
-        """The preset's sampler; under promotion it sees parked trials as complete at their rung eval."""
+        """The preset's sampler; under promotion it sees parked trials as complete at their rung eval, and GP
+        (which reads COMPLETE trials only) sees pruned ones at their last eval."""
         sampler = make_sampler(self.preset, seed_offset=seed_offset)
-        if self.preset.study.strategy == "promote":
-            sampler = RungSampler(sampler, lambda t: t.user_attrs.get(RUNG_ATTR))
+        s = self.preset.study
+        rules: list[Shown] = []
+        if s.strategy == "promote":
+            rules.append(parked_at_rung(RUNG_ATTR))
+        if s.sampler == "gp":
+            rules.append(pruned_at_last_eval)
+        if rules:
+            sampler = ViewSampler(sampler, first_shown(*rules))
         return self._track_asks(sampler)
 
     @property
