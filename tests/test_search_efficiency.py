@@ -89,3 +89,14 @@ def test_saved_timelines_score_together_and_mixed_budgets_are_refused(tmp_path: 
     save_timelines(tmp_path / "promote.json", gp, 16)
     with pytest.raises(SystemExit, match="different budgets"):
         load_timelines(tmp_path)
+
+
+def test_the_slack_table_scores_every_arm_against_hf_at_the_same_looser_targets() -> None:
+    from benchmarks.search_efficiency import slack_table
+
+    hf = [Timeline([(300, 1.05), (600, 1.01)], 900), Timeline([(300, 1.03), (900, 1.0)], 900),
+          Timeline([(300, 1.06)], 900)]
+    gp = [Timeline([(100, 1.04), (400, 1.02)], 500)] * 3
+    rows = {line.split()[0]: line.split()[-3:] for line in slack_table({"hf": hf, "gp": gp}, 1.0).splitlines()[2:]}
+    # 1.01: hf at 600, 900, never (median 900), gp never; 1.02: gp at 400 of hf's 900; 1.05: 100 of hf's 300.
+    assert rows == {"hf": ["1.000", "1.000", "1.000"], "gp": ["never", "0.444", "0.333"]}
