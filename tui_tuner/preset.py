@@ -156,6 +156,10 @@ class StudySection(_Strict):
     retry_oom: bool = Field(True, description="re-queue a CUDA-OOM trial with half the micro-batch, 2x accumulation")
     stale_after: float = Field(60.0, ge=3, description="a shared --storage: seconds without a heartbeat after which "
                                "another worker's running trials are marked interrupted")
+    strategy: Literal["optuna", "pbt", "promote"] = Field(
+        "optuna", description="optuna: sampler + pruner; pbt: population-based training ([pbt]; the pruner is not "
+        "used); promote: train [promote] configs to t1 steps, continue the best top_k to max_steps")
+
     @model_validator(mode="after")
     def _startup_has_a_model(self) -> StudySection:
         if self.sampler_startup_trials is not None and self.sampler in ("random", "grid"):
@@ -169,10 +173,6 @@ class StudySection(_Strict):
         if self.sampler_startup_trials is not None:
             return self.sampler_startup_trials
         return max(2, min(10, self.n_trials // 4))
-
-    strategy: Literal["optuna", "pbt", "promote"] = Field(
-        "optuna", description="optuna: sampler + pruner; pbt: population-based training ([pbt]; the pruner is not "
-        "used); promote: train [promote] configs to t1 steps, continue the best top_k to max_steps")
 
 
 class PbtSection(_Strict):
